@@ -1,0 +1,195 @@
+"""Process wiring: the one place that opens clients, starts workers and closes them.
+
+Start-up order: settings → Valkey client (pinged) → PostgreSQL pool → S3 client
+(when a worker needs one) → workers → ops HTTP endpoint. Shutdown stops the
+workers (each drains within the grace period), then closes in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from workers import streams
+from workers.base import Resources, Worker
+from workers.db import create_pool
+from workers.errors import ConfigError
+from workers.http import OpsServer
+from workers.runtime import StreamConsumer
+from workers.settings import Settings
+
+log = structlog.get_logger("workers.app")
+
+WORKERS: dict[str, str] = {
+    "scan-metrics": "workers.scan_metrics:ScanMetricsWorker",
+    "vex-consensus": "workers.vex_consensus:VexConsensusWorker",
+    "notify-delivery": "workers.notify_delivery:NotifyDeliveryWorker",
+    "snapshot-retention": "workers.snapshot_retention:SnapshotRetentionService",
+}
+"""Worker names accepted by ``fleet run``, mapped to their implementation."""
+
+
+class Service(Protocol):
+    """A worker that is not a stream consumer (e.g. a scheduled job)."""
+
+    name: str
+    uses_s3: bool
+
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+def available_workers() -> list[str]:
+    """Worker names whose implementation is importable in this build."""
+    found = []
+    for name, target in WORKERS.items():
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, attr):
+            found.append(name)
+    return found
+
+
+def resolve(names: list[str]) -> list[Any]:
+    """Worker classes for ``names`` (all available workers when empty)."""
+    chosen = names or available_workers()
+    classes = []
+    for name in chosen:
+        target = WORKERS.get(name)
+        if target is None or name not in available_workers():
+            known = ", ".join(available_workers())
+            raise ConfigError(f"unknown worker {name!r} (known: {known})")
+        module_name, attr = target.split(":")
+        classes.append(getattr(importlib.import_module(module_name), attr))
+    return classes
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings, *, need_s3: bool) -> AsyncIterator[Resources]:
+    redis = streams.connect(settings)
+    try:
+        await streams.ping(redis, settings)
+        pool = await create_pool(settings, max_size=max(4, settings.prefetch_batches + 2))
+        try:
+            resources = Resources(settings=settings, redis=redis, pool=pool)
+            if need_s3:
+                from workers.s3 import open_s3
+
+                async with open_s3(settings) as s3:
+                    resources.s3 = s3
+                    yield resources
+            else:
+                yield resources
+        finally:
+            await pool.close()
+    finally:
+        await redis.aclose()
+
+
+@dataclass
+class Fleet:
+    """Every worker of one process, the ops endpoint, and their shutdown."""
+
+    settings: Settings
+    names: list[str]
+    consumers: list[StreamConsumer] = field(default_factory=list)
+    services: list[Any] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    server: OpsServer | None = None
+    failed: bool = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "workers": self.names,
+            "consumers": [
+                {"stream": c.stream, "group": c.group, "consumer": c.consumer}
+                for c in self.consumers
+            ],
+        }
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        classes = resolve(self.names)
+        self.names = [cls.name for cls in classes]
+        need_s3 = any(getattr(cls, "uses_s3", False) for cls in classes)
+        consumer_name = self.settings.resolved_consumer_name()
+        async with open_resources(self.settings, need_s3=need_s3) as resources:
+            tasks: list[asyncio.Task[None]] = []
+            extra_routes = []
+            for cls in classes:
+                if isinstance(cls, type) and issubclass(cls, Worker):
+                    consumer = StreamConsumer(cls(resources), consumer_name)
+                    self.consumers.append(consumer)
+                    tasks.append(asyncio.create_task(consumer.run(), name=cls.name))
+                else:
+                    service = cls(resources)
+                    self.services.append(service)
+                    extra_routes.extend(getattr(service, "routes", list)())
+                    tasks.append(asyncio.create_task(service.run(self.stopping), name=cls.name))
+            checks = _checks(resources)
+            self.server = OpsServer(
+                resources, status=self.status, checks=checks, extra_routes=extra_routes
+            )
+            port = await self.server.start(self.settings.http_host, self.settings.http_port)
+            loop = asyncio.get_running_loop()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.stop)
+            log.info("fleet.started", workers=self.names, consumer=consumer_name, http_port=port)
+            self.started.set()
+            try:
+                waiter = asyncio.create_task(self.stopping.wait())
+                await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                if not self.stopping.is_set():
+                    self.failed = True
+                    self.stop()
+                waiter.cancel()
+                log.info("fleet.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for name, result in zip(self.names, results, strict=False):
+                    if isinstance(result, BaseException):
+                        self.failed = True
+                        log.error("worker.failed", worker=name, error=repr(result))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                if install_signals:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(sig)
+                await self.server.stop()
+            log.info("fleet.stopped")
+
+
+def _checks(resources: Resources) -> dict[str, Callable[[], Awaitable[None]]]:
+    async def valkey() -> None:
+        await resources.redis.ping()
+
+    async def postgres() -> None:
+        assert resources.pool is not None
+        async with resources.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+
+    checks: dict[str, Callable[[], Awaitable[None]]] = {"valkey": valkey, "postgres": postgres}
+    if resources.s3 is not None:
+        s3 = resources.s3
+        bucket = resources.settings.s3_bucket
+
+        async def s3_check() -> None:
+            await s3.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]  # aioboto3 client is untyped here
+
+        checks["s3"] = s3_check
+    return checks

@@ -1,0 +1,231 @@
+"""PostgreSQL access: pools, transient-error classification, and migrations.
+
+Migrations are ordered ``schema/NNNN_name.sql`` files, each applied in one
+transaction and recorded in ``schema_migrations(version, description,
+applied_at, checksum)``. A session-level advisory lock makes concurrent
+``fleet migrate`` runs apply each file once. A changed checksum of an applied
+file is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import asyncpg.exceptions as pgexc
+import structlog
+
+from workers.errors import ConfigError, FleetError
+from workers.settings import Settings, redact_url
+
+log = structlog.get_logger("workers.db")
+
+MIGRATION_LOCK_KEY = 0x5F1EE7_0001  # arbitrary, fixed: one lock per database for migrations
+
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57014",  # query_canceled (statement timeout)
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying in process: connection loss, serialization, deadlock, timeouts."""
+    if isinstance(exc, pgexc.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    return isinstance(
+        exc,
+        (
+            ConnectionError,
+            OSError,
+            TimeoutError,
+            asyncio.TimeoutError,
+            pgexc.InterfaceError,
+            pgexc.ConnectionDoesNotExistError,
+        ),
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog", format="text"
+    )
+    await conn.set_type_codec(
+        "json", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog", format="text"
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    import msgspec
+
+    return msgspec.json.encode(value).decode()
+
+
+def _json_loads(value: str) -> Any:
+    import msgspec
+
+    return msgspec.json.decode(value)
+
+
+async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
+    """Open a pool or fail with one line naming the database (password redacted)."""
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=1,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=10,
+            command_timeout=60,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
+            f"{_one_line(exc, settings.database_url)}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+def _one_line(exc: BaseException, secret_url: str | None = None) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if secret_url:
+        text = text.replace(secret_url, redact_url(secret_url))
+    return text
+
+
+# ---------------------------------------------------------------- migrations
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    path: Path
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(FleetError):
+    pass
+
+
+def schema_dir(settings: Settings | None = None) -> Path:
+    if settings is not None and settings.schema_dir:
+        return Path(settings.schema_dir)
+    return Path(__file__).resolve().parent.parent / "schema"
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    if not directory.is_dir():
+        raise MigrationError(f"migrations folder {directory} does not exist")
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        found.append(
+            Migration(
+                version=int(match.group(1)),
+                description=match.group(2).replace("_", " "),
+                path=path,
+                sql=path.read_text(encoding="utf-8"),
+            )
+        )
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return found
+
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS public.schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    checksum    VARCHAR(64) NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    applied: list[int]
+    pending: list[Migration]
+
+
+async def _plan(conn: asyncpg.Connection, migrations: list[Migration]) -> MigrationPlan:
+    rows = await conn.fetch("SELECT version, checksum FROM public.schema_migrations")
+    applied = {r["version"]: r["checksum"] for r in rows}
+    for m in migrations:
+        if m.version in applied and applied[m.version] != m.checksum:
+            raise MigrationError(
+                f"migration {m.path.name} was changed after it was applied "
+                f"(checksum {applied[m.version][:12]}… in the database, {m.checksum[:12]}… "
+                "on disk); add a new migration instead of editing an applied one"
+            )
+    known = {m.version for m in migrations}
+    unknown = sorted(set(applied) - known)
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations this build does not know: {unknown}; "
+            "run a newer build"
+        )
+    return MigrationPlan(
+        applied=sorted(applied), pending=[m for m in migrations if m.version not in applied]
+    )
+
+
+async def migrate(
+    conn: asyncpg.Connection,
+    migrations: list[Migration],
+    *,
+    check_only: bool = False,
+    on_applied: Callable[[Migration], None] | None = None,
+) -> MigrationPlan:
+    """Apply pending migrations under an advisory lock; with ``check_only`` apply nothing."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(_MIGRATIONS_TABLE)
+        plan = await _plan(conn, migrations)
+        if check_only:
+            return plan
+        for m in plan.pending:
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO public.schema_migrations (version, description, checksum) "
+                    "VALUES ($1, $2, $3)",
+                    m.version,
+                    m.description,
+                    m.checksum,
+                )
+            log.info("migration.applied", version=m.version, description=m.description)
+            if on_applied is not None:
+                on_applied(m)
+        return plan
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def table_exists(conn: asyncpg.Connection, qualified: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified))

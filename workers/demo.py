@@ -1,0 +1,166 @@
+"""``fleet demo``: the embedded stack, every worker, a realistic workload, a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from contracts.base import Event
+from contracts.wire import encode_entry
+from workers import streams, workload
+from workers.app import Fleet, available_workers
+from workers.db import create_pool, load_migrations, migrate, schema_dir
+from workers.embedded import embedded_stack
+from workers.errors import FleetError
+from workers.settings import Settings, load_settings
+
+
+async def publish(client: Any, stream: str, events: Iterable[Event], progress: Any = None) -> int:
+    """XADD events in pipelined chunks of 1,000; returns how many were published."""
+    count = 0
+    chunk: list[Event] = []
+
+    async def flush() -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for event in chunk:
+                pipe.xadd(stream, encode_entry(event))
+            await pipe.execute()
+
+    for event in events:
+        chunk.append(event)
+        if len(chunk) == 1000:
+            await flush()
+            count += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+            chunk = []
+    if chunk:
+        await flush()
+        count += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return count
+
+
+async def wait_consumed(client: Any, groups: list[tuple[str, str]], timeout: float) -> bool:
+    """Poll until every (stream, group) has no lag and nothing pending, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = True
+        for stream, group in groups:
+            statuses = {s.group: s for s in await streams.group_statuses(client, stream)}
+            st = statuses.get(group)
+            if st is None or st.pending or (st.lag or 0):
+                done = False
+                break
+        if done:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def run_demo(state_dir: Path, *, scale: float, console: Console) -> None:
+    console.print(f"[bold]streamfleet demo[/] — embedded stack under {state_dir}")
+    started = time.monotonic()
+    with embedded_stack(state_dir) as stack:
+        console.print(
+            f"  valkey {stack.valkey_url}  postgres (unix socket)  s3 {stack.s3_endpoint_url}"
+        )
+        env = stack.env()
+        import os
+
+        os.environ.update(env)
+        settings = load_settings(
+            env,
+            http_port=0,
+            consumer_name="demo-1",
+            block_ms=200,
+            maintenance_interval_seconds=2.0,
+        )
+        asyncio.run(_demo(settings, scale=scale, console=console))
+    console.print(f"done in {time.monotonic() - started:.1f}s; servers stopped")
+
+
+async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            plan = await migrate(conn, load_migrations(schema_dir(settings)))
+        console.print(f"  migrations: {len(plan.pending)} applied now, {len(plan.applied)} before")
+    finally:
+        await pool.close()
+
+    names = available_workers()
+    fleet = Fleet(settings, names)
+    runner = asyncio.create_task(fleet.run(install_signals=False))
+    started = asyncio.create_task(fleet.started.wait())
+    await asyncio.wait([started, runner], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        runner.result()  # re-raises the start-up failure
+        raise FleetError("the fleet stopped during start-up")
+    if not fleet.started.is_set():
+        raise FleetError("the fleet did not start within 60 s")
+    console.print(f"  workers: {', '.join(fleet.names)}")
+
+    client = streams.connect(settings)
+    try:
+        n_notify = max(1, int(10_000 * scale))
+        parts: list[tuple[str, Iterable[Event], int]] = [
+            ("notify:delivery", workload.notification_events(n_notify, seed=int(time.time())), n_notify),
+        ]
+        total = sum(n for _, _, n in parts)
+        with Progress(console=console) as progress:
+            task = progress.add_task("publishing events", total=total)
+            for stream, events, _ in parts:
+                await publish(client, stream, events, lambda n: progress.advance(task, n))
+        groups = [(c.stream, c.group) for c in fleet.consumers]
+        t0 = time.monotonic()
+        if not await wait_consumed(client, groups, timeout=90):
+            raise FleetError("the workload was not consumed within 90 s; see `fleet status`")
+        console.print(f"  consumed {total} events in {time.monotonic() - t0:.1f}s")
+        await _summary(settings, client, groups, console)
+    finally:
+        fleet.stop()
+        await runner
+        await client.aclose()
+
+
+async def _summary(
+    settings: Settings, client: Any, groups: list[tuple[str, str]], console: Console
+) -> None:
+    table = Table(title="streams")
+    for column in ("stream", "group", "length", "pending", "lag", "dlq"):
+        table.add_column(column)
+    for stream, _group in groups:
+        for st in await streams.group_statuses(client, stream):
+            table.add_row(
+                st.stream,
+                st.group,
+                str(st.length),
+                str(st.pending),
+                str(st.lag),
+                str(st.dlq_length),
+            )
+    console.print(table)
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT channel_type, status, count(*) AS n FROM notify.delivery_log "
+                "GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+    finally:
+        await pool.close()
+    deliveries = Table(title="notify.delivery_log")
+    for column in ("channel", "status", "rows"):
+        deliveries.add_column(column)
+    for r in rows:
+        deliveries.add_row(r["channel_type"], r["status"], str(r["n"]))
+    console.print(deliveries)

@@ -1,0 +1,153 @@
+"""Every Prometheus metric the fleet exports, in one place.
+
+Names are a contract with dashboards and alert rules (SPEC §4, §5). Labels
+are bounded: stream, group, event type, outcome, reason codes, phase, channel
+type, tool. Tenant ids and event ids are never labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Runtime (SPEC §4)
+EVENTS = Counter(
+    "fleet_events_total",
+    "Stream entries handled, by outcome (ok, duplicate, ignored, retried, dead_lettered).",
+    ["stream", "group", "type", "outcome"],
+)
+EVENT_HANDLE_SECONDS = Histogram(
+    "fleet_event_handle_seconds",
+    "Per-event handling time, averaged over the batch the event was handled in.",
+    ["stream", "group", "type"],
+    buckets=(0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0),
+)
+BATCH_SIZE = Histogram(
+    "fleet_batch_size",
+    "Entries per batch read from a stream.",
+    ["stream", "group"],
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),
+)
+STREAM_LENGTH = Gauge("fleet_stream_length", "Entries in the stream (XLEN).", ["stream"])
+GROUP_LAG = Gauge(
+    "fleet_group_lag", "Entries not yet delivered to the group.", ["stream", "group"]
+)
+GROUP_PENDING = Gauge(
+    "fleet_group_pending", "Entries delivered but not acknowledged.", ["stream", "group"]
+)
+OLDEST_PENDING_AGE = Gauge(
+    "fleet_oldest_pending_age_seconds",
+    "Age of the oldest unacknowledged entry of the group (0 when none).",
+    ["stream", "group"],
+)
+DEAD_LETTERS = Counter(
+    "fleet_dead_letters_total", "Entries moved to <stream>:dlq.", ["stream", "group", "reason"]
+)
+RECLAIMED = Counter(
+    "fleet_reclaimed_total",
+    "Idle pending entries taken over from another consumer (XAUTOCLAIM).",
+    ["stream", "group"],
+)
+CONSUMERS = Gauge("fleet_consumers", "Consumers registered in the group.", ["stream", "group"])
+TRIMMED_UNCONSUMED = Counter(
+    "fleet_stream_trimmed_unconsumed_total",
+    "Entries removed by the hard length cap before every group had consumed them.",
+    ["stream"],
+)
+
+# scan-metrics (SPEC §5.1)
+SCAN_TTE_SECONDS = Histogram(
+    "fleet_scan_tte_seconds",
+    "Time-to-Evidence of completed, non-replay scans.",
+    buckets=(5, 10, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1800),
+)
+SCAN_PHASE_DURATION = Histogram(
+    "fleet_scan_phase_duration_seconds",
+    "Duration of scan execution phases.",
+    ["phase"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+SCANS = Counter("fleet_scans_total", "Scans recorded, by outcome.", ["outcome"])
+SCAN_SLO_BREACHES = Counter(
+    "fleet_scan_slo_breaches_total",
+    "Completed scans whose TTE exceeded an SLO threshold (p50: 120 s, p95: 300 s).",
+    ["slo"],
+)
+
+# vex-consensus (SPEC §5.2, seed 004)
+VEX_CONSENSUS_LATENCY = Histogram(
+    "fleet_vex_consensus_latency_seconds",
+    "From the triggering event's occurredAt to the consensus write.",
+    buckets=_LATENCY_BUCKETS + (10.0, 30.0, 60.0),
+)
+VEX_CONFLICT_QUEUE_DEPTH = Gauge(
+    "fleet_vex_conflict_queue_depth", "Open conflicts in the consensus review queue."
+)
+VEX_RECOMPUTE_DURATION = Histogram(
+    "fleet_vex_recompute_duration_seconds",
+    "Consensus recompute duration, by trigger.",
+    ["reason"],
+    buckets=_LATENCY_BUCKETS + (10.0, 30.0),
+)
+VEX_CONFLICTS = Counter(
+    "fleet_vex_consensus_conflicts_total", "Consensus conflicts detected, by reason.", ["reason"]
+)
+
+# notify-delivery (SPEC §5.3)
+NOTIFY_DELIVERIES = Counter(
+    "fleet_notify_deliveries_total",
+    "Notification deliveries recorded, by channel type and status.",
+    ["channel_type", "status"],
+)
+NOTIFY_DELIVERY_LATENCY = Histogram(
+    "fleet_notify_delivery_latency_seconds",
+    "Delivery latency reported by the notifier.",
+    ["channel_type"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# snapshots (SPEC §5.4)
+SNAPSHOT_AGE = Gauge("fleet_snapshot_age_seconds", "Age of the active snapshot.", ["tool"])
+SNAPSHOT_FRESHNESS = Gauge(
+    "fleet_snapshot_freshness",
+    "1 for the tool's current freshness state, 0 for the others.",
+    ["tool", "state"],
+)
+SNAPSHOT_RETENTION_ACTIONS = Counter(
+    "fleet_snapshot_retention_actions_total", "Retention actions applied.", ["action"]
+)
+SNAPSHOT_ROLLBACKS = Counter(
+    "fleet_snapshot_rollbacks_total", "Snapshot rollbacks, by trigger.", ["trigger"]
+)
+
+METRIC_NAMES: frozenset[str] = frozenset(
+    {
+        "fleet_events_total",
+        "fleet_event_handle_seconds",
+        "fleet_batch_size",
+        "fleet_stream_length",
+        "fleet_group_lag",
+        "fleet_group_pending",
+        "fleet_oldest_pending_age_seconds",
+        "fleet_dead_letters_total",
+        "fleet_reclaimed_total",
+        "fleet_consumers",
+        "fleet_stream_trimmed_unconsumed_total",
+        "fleet_scan_tte_seconds",
+        "fleet_scan_phase_duration_seconds",
+        "fleet_scans_total",
+        "fleet_scan_slo_breaches_total",
+        "fleet_vex_consensus_latency_seconds",
+        "fleet_vex_conflict_queue_depth",
+        "fleet_vex_recompute_duration_seconds",
+        "fleet_vex_consensus_conflicts_total",
+        "fleet_notify_deliveries_total",
+        "fleet_notify_delivery_latency_seconds",
+        "fleet_snapshot_age_seconds",
+        "fleet_snapshot_freshness",
+        "fleet_snapshot_retention_actions_total",
+        "fleet_snapshot_rollbacks_total",
+    }
+)
+"""Base names of every metric above, for tests that check dashboards and rules."""

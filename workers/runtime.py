@@ -1,0 +1,526 @@
+"""The shared consumer-group runtime: one :class:`StreamConsumer` per (worker, process).
+
+Stream in: the worker's stream, read as consumer ``<hostname>-<pid>`` of its group.
+Guarantees:
+
+- At-least-once delivery, effectively-once effects: a batch's effects and its
+  inbox rows ``(group, eventId)`` commit in one PostgreSQL transaction, and
+  only then is the batch acknowledged (``XACK``). A redelivered event finds its
+  inbox row, is acknowledged and counted as ``duplicate``.
+- Start-up drains this consumer's own pending list (id ``0``) before reading
+  new entries (``>``).
+- Crash recovery: entries idle longer than the group's idle time are taken
+  over with ``XAUTOCLAIM``; entries this consumer holds are kept fresh with
+  ``XCLAIM … JUSTID`` so a slow handler never loses them to another consumer.
+- Transient errors retry in process with exponential backoff and jitter; a
+  batch that fails otherwise is retried entry by entry, so one bad entry never
+  blocks the others. Decode failures and :class:`~workers.errors.Permanent`
+  errors dead-letter at once; other failures dead-letter after
+  ``max_deliveries``.
+- Reading overlaps handling: a reader task fills a bounded queue
+  (``prefetch_batches``), so memory does not grow with the backlog.
+- ``stop()`` stops reading, finishes what was read within the grace period,
+  acknowledges it, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_exc
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from contracts import Event
+from contracts.registry import event_class
+from contracts.wire import DecodeError, decode_data
+from workers import metrics, streams
+from workers.base import Worker
+from workers.db import is_transient
+from workers.errors import Permanent
+
+log = structlog.get_logger("workers.runtime")
+
+_INBOX_SQL = """
+INSERT INTO fleet.inbox (group_name, event_id)
+SELECT $1, unnest($2::uuid[])
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+
+_REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
+_MAX_ERROR_TEXT = 500
+
+
+@dataclass(slots=True)
+class Batch:
+    entries: list[tuple[bytes, dict[bytes, bytes]]]
+    # Delivery counts for entries read from a pending list; ``None``: first delivery.
+    counts: dict[bytes, int] | None = None
+    source: str = "new"
+
+
+@dataclass(slots=True)
+class _Item:
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    type_label: str
+    event: Event
+    deliveries: int
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ack: list[bytes] = field(default_factory=list)
+    dead: list[tuple[bytes, dict[bytes, bytes], str, str, int]] = field(default_factory=list)
+    counts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+
+
+def _text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERROR_TEXT]
+
+
+class StreamConsumer:
+    """Runs one worker as one consumer of its group until :meth:`stop` is called."""
+
+    def __init__(self, worker: Worker, consumer: str) -> None:
+        self.worker = worker
+        self.settings = worker.resources.settings
+        self.redis: aioredis.Redis = worker.resources.redis
+        self.pool = worker.resources.pool
+        self.stream = worker.stream
+        self.group = worker.group
+        self.consumer = consumer
+        self.idle_ms = int(worker.reclaim_idle_seconds * 1000)
+        self._types: dict[bytes, type[Event]] = {
+            cls.event_type().encode(): cls for cls in worker.event_types
+        }
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(
+            maxsize=self.settings.prefetch_batches
+        )
+        self._held: dict[bytes, None] = {}
+        self._stopping = asyncio.Event()
+        self._hard_stop = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._children: dict[tuple[str, str], Any] = {}
+        self._log = log.bind(stream=self.stream, group=self.group, consumer=consumer)
+        self.ready = asyncio.Event()
+        self.processed_batches = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Create the group if needed, then consume until stopped."""
+        await streams.ensure_group(self.redis, self.stream, self.group)
+        await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
+        self._log.info("consumer.started", idle_ms=self.idle_ms)
+        reader = asyncio.create_task(self._reader(), name=f"reader:{self.stream}")
+        processor = asyncio.create_task(self._processor(), name=f"processor:{self.stream}")
+        helpers = [
+            asyncio.create_task(self._reclaimer(), name="reclaimer"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._maintenance(), name="maintenance"),
+            asyncio.create_task(self.worker.background(), name="worker-background"),
+        ]
+        self._tasks = [reader, processor, *helpers]
+        self.ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in helpers:
+                task.cancel()
+            grace = self.settings.shutdown_grace_seconds
+            done, pending = await asyncio.wait({reader, processor}, timeout=grace)
+            for task in pending:
+                self._hard_stop = True
+                task.cancel()
+            await asyncio.gather(*helpers, *pending, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    self._log.error("consumer.task_failed", error=_text(task.exception()))  # type: ignore[arg-type]  # checked not None just above
+            self._log.info(
+                "consumer.stopped", unfinished=len(self._held), hard_stop=self._hard_stop
+            )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when stopping was requested meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ reading
+
+    async def _reader(self) -> None:
+        backoff = 0.1
+        drained_own = False
+        last_own = b"0"
+        while not self.stopping:
+            try:
+                if not drained_own:
+                    reply = await self.redis.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        {self.stream: last_own},
+                        count=self.settings.batch_size,
+                    )
+                    entries = reply[0][1] if reply else []
+                    if not entries:
+                        drained_own = True
+                        continue
+                    last_own = entries[-1][0]
+                    counts = await self._delivery_counts([e[0] for e in entries])
+                    await self._enqueue(Batch(entries, counts, "own-pending"))
+                    continue
+                reply = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=self.settings.batch_size,
+                    block=self.settings.block_ms,
+                )
+                backoff = 0.1
+            except redis_exc.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # The stream or group was deleted under us (e.g. by an operator): recreate.
+                    await streams.ensure_group(self.redis, self.stream, self.group)
+                    continue
+                raise
+            except _REDIS_ERRORS as exc:
+                self._log.warning("valkey.unavailable", error=_text(exc), retry_in=backoff)
+                if await self._pause(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if reply:
+                await self._enqueue(Batch(reply[0][1]))
+        await self._queue.put(None)
+
+    async def _enqueue(self, batch: Batch) -> None:
+        for entry_id, _ in batch.entries:
+            self._held[entry_id] = None
+        await self._queue.put(batch)
+
+    async def _delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        if not ids:
+            return {}
+        rows = await self.redis.xpending_range(
+            self.stream,
+            self.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) + len(self._held) + 1,
+            consumername=self.consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    async def _reclaimer(self) -> None:
+        cursor: bytes | str = "0-0"
+        interval = min(self.settings.reclaim_interval_seconds, self.idle_ms / 1000)
+        while not await self._pause(interval):
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.idle_ms,
+                    start_id=cursor,
+                    count=self.settings.batch_size,
+                )
+            except _REDIS_ERRORS as exc:
+                self._log.warning("valkey.unavailable", error=_text(exc), during="reclaim")
+                continue
+            cursor = reply[0]
+            claimed = [e for e in reply[1] if e[0] not in self._held]
+            if not claimed:
+                continue
+            metrics.RECLAIMED.labels(self.stream, self.group).inc(len(claimed))
+            self._log.info("entries.reclaimed", count=len(claimed))
+            counts = await self._delivery_counts([e[0] for e in claimed])
+            await self._enqueue(Batch(claimed, counts, "reclaimed"))
+
+    async def _heartbeat(self) -> None:
+        """Keep entries this consumer holds from looking idle to other consumers."""
+        interval = max(self.idle_ms / 3000, 0.05)
+        min_idle = int(interval * 500)
+        while not await self._pause(interval):
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                for start in range(0, len(held), 1000):
+                    await self.redis.xclaim(
+                        self.stream,
+                        self.group,
+                        self.consumer,
+                        min_idle_time=min_idle,
+                        message_ids=held[start : start + 1000],
+                        justid=True,
+                    )
+            except _REDIS_ERRORS as exc:
+                self._log.warning("valkey.unavailable", error=_text(exc), during="heartbeat")
+
+    async def _maintenance(self) -> None:
+        while True:
+            try:
+                await streams.refresh_gauges(self.redis, self.stream)
+                await streams.prune_consumers(
+                    self.redis,
+                    self.stream,
+                    self.group,
+                    idle_ms=int(self.settings.consumer_prune_idle_seconds * 1000),
+                    claim_to=self.consumer,
+                )
+                await streams.trim_stream(
+                    self.redis,
+                    self.stream,
+                    retention_days=self.settings.stream_retention_days,
+                    max_len=self.settings.stream_max_len,
+                )
+            except _REDIS_ERRORS as exc:
+                self._log.warning("valkey.unavailable", error=_text(exc), during="maintenance")
+            except redis_exc.ResponseError as exc:
+                self._log.warning("maintenance.failed", error=_text(exc))
+            if await self._pause(self.settings.maintenance_interval_seconds):
+                return
+
+    # ------------------------------------------------------------ processing
+
+    async def _processor(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            await self.process(batch)
+            self.processed_batches += 1
+
+    async def process(self, batch: Batch) -> None:
+        """Handle one batch: decode, apply, commit, acknowledge, dead-letter, count."""
+        started = time.perf_counter()
+        out = _Outcome()
+        items = self._decode(batch, out)
+        if items:
+            await self._handle(items, out)
+        await self._finish(out)
+        elapsed = time.perf_counter() - started
+        self._observe(batch, out, elapsed)
+
+    def _decode(self, batch: Batch, out: _Outcome) -> list[_Item]:
+        items: list[_Item] = []
+        counts = batch.counts
+        max_deliveries = self.settings.max_deliveries
+        for entry_id, fields in batch.entries:
+            if not fields:
+                # Trimmed or deleted while pending: nothing to do but release it.
+                out.ack.append(entry_id)
+                continue
+            deliveries = counts.get(entry_id, 1) if counts is not None else 1
+            raw_type = fields.get(b"type")
+            cls = self._types.get(raw_type) if raw_type is not None else None
+            if cls is None:
+                label = _type_label(raw_type)
+                if raw_type is None:
+                    out.dead.append((entry_id, fields, "missing_type", "no 'type' field", 1))
+                    out.counts[(label, "dead_lettered")] += 1
+                else:
+                    out.ack.append(entry_id)
+                    out.counts[(label, "ignored")] += 1
+                continue
+            label = cls.event_type()
+            data = fields.get(b"data")
+            try:
+                if data is None:
+                    raise DecodeError("missing_data", "entry has no 'data' field")
+                event = decode_data(cls, data)
+                reason = self.worker.validate(event)
+                if reason is not None:
+                    raise Permanent("invalid_event", reason)
+            except (DecodeError, Permanent) as exc:
+                reason_code = exc.reason
+                out.dead.append((entry_id, fields, reason_code, str(exc), deliveries))
+                out.counts[(label, "dead_lettered")] += 1
+                continue
+            if deliveries > max_deliveries:
+                out.dead.append(
+                    (
+                        entry_id,
+                        fields,
+                        "max_deliveries",
+                        f"delivered {deliveries} times; the consumer holding it stopped "
+                        "before finishing",
+                        deliveries,
+                    )
+                )
+                out.counts[(label, "dead_lettered")] += 1
+                continue
+            items.append(_Item(entry_id, fields, label, event, deliveries))
+        return items
+
+    async def _handle(self, items: list[_Item], out: _Outcome) -> None:
+        try:
+            await self._commit_with_retries(items, out)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to per-entry isolation
+            if len(items) == 1:
+                self._failed(items[0], exc, out)
+                return
+            self._log.info("batch.isolating", size=len(items), error=_text(exc))
+        for item in items:
+            try:
+                await self._commit_with_retries([item], out)
+            except Exception as exc:  # noqa: BLE001 - recorded per entry, never blocks the rest
+                self._failed(item, exc, out)
+
+    def _failed(self, item: _Item, exc: BaseException, out: _Outcome) -> None:
+        if isinstance(exc, Permanent):
+            out.dead.append((item.entry_id, item.fields, exc.reason, str(exc), item.deliveries))
+            out.counts[(item.type_label, "dead_lettered")] += 1
+        elif item.deliveries >= self.settings.max_deliveries:
+            out.dead.append(
+                (item.entry_id, item.fields, "max_deliveries", _text(exc), item.deliveries)
+            )
+            out.counts[(item.type_label, "dead_lettered")] += 1
+        else:
+            # Stays pending; XAUTOCLAIM hands it out again after the idle time.
+            self._held.pop(item.entry_id, None)
+            out.counts[(item.type_label, "retried")] += 1
+            self._log.warning(
+                "event.failed",
+                entry_id=item.entry_id.decode(),
+                event_id=str(item.event.event_id),
+                type=item.type_label,
+                deliveries=item.deliveries,
+                error=_text(exc),
+            )
+
+    def _stop_retrying(self, state: RetryCallState) -> bool:
+        return self._hard_stop
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self._log.warning(
+            "batch.retrying",
+            attempt=state.attempt_number,
+            error=_text(state.outcome.exception()) if state.outcome else None,  # type: ignore[arg-type]  # failed attempts carry an exception
+        )
+        metrics.EVENTS.labels(self.stream, self.group, "batch", "retried").inc()
+
+    async def _commit_with_retries(self, items: list[_Item], out: _Outcome) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            stop=self._stop_retrying,
+            before_sleep=self._count_retry,
+            reraise=True,
+        ):
+            with attempt:
+                await self._commit(items, out)
+
+    async def _commit(self, items: list[_Item], out: _Outcome) -> None:
+        if not self.worker.uses_database:
+            await self.worker.apply(None, [i.event for i in items])
+            fresh = items
+        else:
+            assert self.pool is not None
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(_INBOX_SQL, self.group, [i.event.event_id for i in items])
+                new_ids = {r[0] for r in rows}
+                fresh = []
+                for item in items:
+                    if item.event.event_id in new_ids:
+                        new_ids.discard(item.event.event_id)
+                        fresh.append(item)
+                if fresh:
+                    await self.worker.apply(conn, [i.event for i in fresh])
+        fresh_ids = {id(i) for i in fresh}
+        for item in items:
+            out.ack.append(item.entry_id)
+            outcome = "ok" if id(item) in fresh_ids else "duplicate"
+            out.counts[(item.type_label, outcome)] += 1
+        if fresh:
+            await self.worker.after_commit([i.event for i in fresh])
+
+    async def _finish(self, out: _Outcome) -> None:
+        for attempt in range(1, 6):
+            try:
+                if out.dead:
+                    await streams.dead_letter(
+                        self.redis,
+                        self.stream,
+                        self.group,
+                        self.consumer,
+                        out.dead,
+                    )
+                    for _, _, reason, detail, _ in out.dead:
+                        metrics.DEAD_LETTERS.labels(self.stream, self.group, reason).inc()
+                        self._log.warning("event.dead_lettered", reason=reason, error=detail[:200])
+                    out.dead = []
+                if out.ack:
+                    await self.redis.xack(self.stream, self.group, *out.ack)
+                break
+            except _REDIS_ERRORS as exc:
+                # Effects are committed; an unacknowledged entry is redelivered and then
+                # recognised as a duplicate, so giving up here loses nothing.
+                self._log.warning("ack.failed", error=_text(exc), attempt=attempt)
+                if await self._pause(0.2 * attempt) and self._hard_stop:
+                    break
+        for entry_id in out.ack:
+            self._held.pop(entry_id, None)
+        for entry in out.dead:
+            self._held.pop(entry[0], None)
+
+    def _observe(self, batch: Batch, out: _Outcome, elapsed: float) -> None:
+        size = len(batch.entries)
+        metrics.BATCH_SIZE.labels(self.stream, self.group).observe(size)
+        per_type: collections.Counter[str] = collections.Counter()
+        for (type_label, outcome), n in out.counts.items():
+            self._child(type_label, outcome).inc(n)
+            per_type[type_label] += n
+        if size:
+            per_event = elapsed / size
+            for type_label in per_type:
+                metrics.EVENT_HANDLE_SECONDS.labels(self.stream, self.group, type_label).observe(
+                    per_event
+                )
+        self._log.debug(
+            "batch.handled",
+            size=size,
+            source=batch.source,
+            seconds=round(elapsed, 6),
+            outcomes={f"{t}:{o}": n for (t, o), n in out.counts.items()},
+        )
+
+    def _child(self, type_label: str, outcome: str) -> Any:
+        key = (type_label, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = metrics.EVENTS.labels(self.stream, self.group, type_label, outcome)
+            self._children[key] = child
+        return child
+
+
+def _type_label(raw: bytes | None) -> str:
+    """Event types from the contract are labels as-is; anything else is ``unknown``
+    so a misbehaving producer cannot explode label cardinality."""
+    if raw is None:
+        return "unknown"
+    name = raw.decode(errors="replace")
+    return name if event_class(name) is not None else "unknown"
+
+
+def entry_ids(entries: Iterable[tuple[bytes, Any]]) -> list[bytes]:
+    return [e[0] for e in entries]

@@ -1,0 +1,409 @@
+"""Stream and consumer-group administration shared by the runtime and the CLI.
+
+Each function maps to a handful of Valkey commands, named in its docstring,
+so an SRE can see exactly what runs against the server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_exc
+
+from workers import metrics
+from workers.errors import ConfigError
+from workers.settings import Settings, redact_url
+
+DLQ_PREFIX = "dlq."
+_DAY_MS = 86_400_000
+
+
+def dlq_name(stream: str) -> str:
+    return f"{stream}:dlq"
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """A client for ``FLEET_VALKEY_URL`` (``valkey://`` and ``valkeys://`` accepted)."""
+    url = settings.valkey_url
+    if url.startswith("valkey://"):
+        url = "redis://" + url[len("valkey://") :]
+    elif url.startswith("valkeys://"):
+        url = "rediss://" + url[len("valkeys://") :]
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            client_name="streamfleet",
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid FLEET_VALKEY_URL={redact_url(url)!r}: {exc}") from None
+
+
+async def ping(client: aioredis.Redis, settings: Settings) -> None:
+    """Fail with one line naming the server when Valkey cannot be reached."""
+    try:
+        await client.ping()
+    except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        raise ConfigError(
+            f"cannot reach Valkey at {redact_url(settings.valkey_url)}: {exc}"
+        ) from None
+    except redis_exc.AuthenticationError as exc:
+        raise ConfigError(
+            f"Valkey at {redact_url(settings.valkey_url)} refused the credentials: {exc}"
+        ) from None
+    except redis_exc.ResponseError as exc:
+        raise ConfigError(f"Valkey at {redact_url(settings.valkey_url)}: {exc}") from None
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> bool:
+    """``XGROUP CREATE stream group 0 MKSTREAM``; True when it was created now.
+
+    Starting at ``0`` means a new group also sees entries published before it existed.
+    """
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis_exc.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = _s(entry_id)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _id_text(parts: tuple[int, int]) -> str:
+    return f"{parts[0]}-{parts[1]}"
+
+
+async def dead_letter(
+    client: aioredis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    entries: Sequence[tuple[bytes, dict[bytes, bytes], str, str, int]],
+) -> None:
+    """``MULTI; XADD <stream>:dlq …; XACK stream group id; EXEC`` per entry.
+
+    The dead-letter entry keeps every original field and adds ``dlq.*`` fields:
+    stream, group, consumer, reason, error, deliveries, source_id and at.
+    """
+    now_ms = str(int(time.time() * 1000))
+    async with client.pipeline(transaction=True) as pipe:
+        for entry_id, fields, reason, error, deliveries in entries:
+            record: dict[bytes | str, bytes | str] = dict(fields)
+            record.update(
+                {
+                    "dlq.stream": stream,
+                    "dlq.group": group,
+                    "dlq.consumer": consumer,
+                    "dlq.reason": reason,
+                    "dlq.error": error[:1000],
+                    "dlq.deliveries": str(deliveries),
+                    "dlq.source_id": entry_id,
+                    "dlq.at": now_ms,
+                }
+            )
+            pipe.xadd(dlq_name(stream), record)  # type: ignore[arg-type]  # bytes and str keys are both valid fields
+            pipe.xack(stream, group, entry_id)
+        await pipe.execute()
+
+
+# ------------------------------------------------------------------ status
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    stream: str
+    group: str
+    length: int
+    lag: int | None
+    pending: int
+    oldest_pending_age_seconds: float
+    consumers: int
+    dlq_length: int
+    last_delivered_id: str
+
+
+async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatus]:
+    """``XLEN``, ``XINFO GROUPS``, ``XPENDING`` (summary) and ``XLEN <stream>:dlq``."""
+    length = int(await client.xlen(stream))
+    dlq_length = int(await client.xlen(dlq_name(stream)))
+    try:
+        groups = await client.xinfo_groups(stream)
+    except redis_exc.ResponseError:
+        return []
+    now_ms = time.time() * 1000
+    result: list[GroupStatus] = []
+    for info in groups:
+        name = _s(info["name"])
+        pending = int(info["pending"])
+        oldest_age = 0.0
+        if pending:
+            summary = await client.xpending(stream, name)
+            oldest = summary.get("min")
+            if oldest:
+                oldest_age = max(0.0, (now_ms - _id_tuple(oldest)[0]) / 1000)
+        lag_value = info.get("lag")
+        lag = int(lag_value) if lag_value is not None else None
+        result.append(
+            GroupStatus(
+                stream=stream,
+                group=name,
+                length=length,
+                lag=lag,
+                pending=pending,
+                oldest_pending_age_seconds=oldest_age,
+                consumers=int(info["consumers"]),
+                dlq_length=dlq_length,
+                last_delivered_id=_s(info["last-delivered-id"]),
+            )
+        )
+    return result
+
+
+async def refresh_gauges(client: aioredis.Redis, stream: str) -> list[GroupStatus]:
+    statuses = await group_statuses(client, stream)
+    metrics.STREAM_LENGTH.labels(stream).set(int(await client.xlen(stream)))
+    for st in statuses:
+        metrics.GROUP_LAG.labels(stream, st.group).set(st.lag if st.lag is not None else 0)
+        metrics.GROUP_PENDING.labels(stream, st.group).set(st.pending)
+        metrics.OLDEST_PENDING_AGE.labels(stream, st.group).set(st.oldest_pending_age_seconds)
+        metrics.CONSUMERS.labels(stream, st.group).set(st.consumers)
+    return statuses
+
+
+# ------------------------------------------------------------------ consumers
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    deleted: list[str]
+    claimed: int
+    kept: list[str]
+
+
+async def prune_consumers(
+    client: aioredis.Redis,
+    stream: str,
+    group: str,
+    *,
+    idle_ms: int,
+    claim_to: str | None,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Delete consumers idle longer than ``idle_ms``, never with work still pending.
+
+    ``XINFO CONSUMERS``; for an idle consumer holding entries, ``XPENDING … consumer``
+    and ``XCLAIM`` them to ``claim_to`` first; ``XGROUP DELCONSUMER`` only once its
+    pending count is zero (DELCONSUMER would otherwise drop those entries).
+    """
+    try:
+        consumers = await client.xinfo_consumers(stream, group)
+    except redis_exc.ResponseError:
+        return PruneResult([], 0, [])
+    deleted: list[str] = []
+    kept: list[str] = []
+    claimed = 0
+    for info in consumers:
+        name = _s(info["name"])
+        idle = int(info.get("inactive", info["idle"]) or 0)
+        if idle < 0:  # Valkey reports -1 for a consumer that never read successfully
+            idle = int(info["idle"])
+        if name == claim_to or idle < idle_ms:
+            continue
+        pending = int(info["pending"])
+        if pending and claim_to is not None and not dry_run:
+            while True:
+                rows = await client.xpending_range(
+                    stream, group, min="-", max="+", count=1000, consumername=name
+                )
+                ids = [r["message_id"] for r in rows]
+                if not ids:
+                    break
+                moved = await client.xclaim(
+                    stream, group, claim_to, min_idle_time=0, message_ids=ids, justid=True
+                )
+                claimed += len(moved)
+                if len(moved) < len(ids):
+                    break
+            pending = await _consumer_pending(client, stream, group, name)
+        if pending:
+            kept.append(name)
+            continue
+        if not dry_run:
+            await client.xgroup_delconsumer(stream, group, name)
+        deleted.append(name)
+    return PruneResult(deleted, claimed, kept)
+
+
+async def _consumer_pending(client: aioredis.Redis, stream: str, group: str, name: str) -> int:
+    rows = await client.xpending_range(stream, group, min="-", max="+", count=1, consumername=name)
+    return len(rows)
+
+
+# ------------------------------------------------------------------ trimming
+
+
+@dataclass(frozen=True, slots=True)
+class TrimPlan:
+    stream: str
+    length: int
+    min_id: str | None  # XTRIM MINID target; None: nothing to trim
+    removable: int
+    cap_removals: int  # entries the hard cap removes that some group has not consumed
+    limited_by: str  # "retention", a group name, or "nothing"
+
+
+async def plan_trim(
+    client: aioredis.Redis,
+    stream: str,
+    *,
+    retention_days: float,
+    max_len: int = 0,
+    now_ms: int | None = None,
+) -> TrimPlan:
+    """The lowest id every group is done with, bounded by the retention cutoff.
+
+    A group is done with an entry when it has read it (id ≤ last-delivered-id) and
+    acknowledged it (id < its oldest pending id).
+    """
+    length = int(await client.xlen(stream))
+    if length == 0:
+        return TrimPlan(stream, 0, None, 0, 0, "nothing")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    cutoff = (max(0, now - int(retention_days * _DAY_MS)), 0)
+    bound = cutoff
+    limited_by = "retention"
+    try:
+        groups = await client.xinfo_groups(stream)
+    except redis_exc.ResponseError:
+        groups = []
+    for info in groups:
+        name = _s(info["name"])
+        last = _id_tuple(info["last-delivered-id"])
+        group_bound = (last[0], last[1] + 1)
+        if int(info["pending"]):
+            summary = await client.xpending(stream, name)
+            if summary.get("min"):
+                group_bound = min(group_bound, _id_tuple(summary["min"]))
+        if group_bound < bound:
+            bound = group_bound
+            limited_by = name
+    first = await client.xrange(stream, "-", "+", count=1)
+    first_id = _id_tuple(first[0][0]) if first else bound
+    removable = 0
+    if bound > first_id:
+        removable = len(await client.xrange(stream, "-", f"({_id_text(bound)}", count=length))
+    cap_removals = 0
+    if max_len and length - removable > max_len:
+        cap_removals = length - removable - max_len
+    return TrimPlan(
+        stream=stream,
+        length=length,
+        min_id=_id_text(bound) if removable else None,
+        removable=removable,
+        cap_removals=cap_removals,
+        limited_by=limited_by,
+    )
+
+
+async def trim_stream(
+    client: aioredis.Redis,
+    stream: str,
+    *,
+    retention_days: float,
+    max_len: int = 0,
+    dry_run: bool = False,
+    now_ms: int | None = None,
+) -> TrimPlan:
+    """``XTRIM stream MINID = <safe id>``; then ``XTRIM MAXLEN = cap`` only past the cap.
+
+    Entries the cap removes before every group consumed them are counted in
+    ``fleet_stream_trimmed_unconsumed_total``.
+    """
+    plan = await plan_trim(
+        client, stream, retention_days=retention_days, max_len=max_len, now_ms=now_ms
+    )
+    if dry_run:
+        return plan
+    if plan.min_id is not None:
+        await client.xtrim(stream, minid=plan.min_id, approximate=False)
+    if plan.cap_removals:
+        removed = int(await client.xtrim(stream, maxlen=max_len, approximate=False))
+        metrics.TRIMMED_UNCONSUMED.labels(stream).inc(removed)
+    return plan
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    fields: dict[str, bytes]
+
+    @property
+    def reason(self) -> str:
+        return self.fields.get("dlq.reason", b"").decode(errors="replace")
+
+    def original_fields(self) -> dict[str, bytes]:
+        return {k: v for k, v in self.fields.items() if not k.startswith(DLQ_PREFIX)}
+
+
+async def dlq_entries(
+    client: aioredis.Redis, stream: str, *, count: int = 100, reason: str | None = None
+) -> list[DeadLetter]:
+    """``XRANGE <stream>:dlq - + COUNT n``, optionally filtered by reason."""
+    rows = await client.xrange(dlq_name(stream), "-", "+", count=count)
+    found = [DeadLetter(_s(eid), {_s(k): v for k, v in fields.items()}) for eid, fields in rows]
+    if reason is not None:
+        found = [d for d in found if d.reason == reason]
+    return found
+
+
+async def dlq_replay(
+    client: aioredis.Redis, stream: str, ids: Sequence[str] | None, *, reason: str | None = None
+) -> int:
+    """Put dead letters back on their stream: ``MULTI; XADD stream <original fields>;
+    XDEL <stream>:dlq id; EXEC`` for each, so an entry is never both or neither."""
+    replayed = 0
+    while True:
+        batch = await dlq_entries(client, stream, count=500, reason=reason)
+        if ids is not None:
+            wanted = set(ids)
+            batch = [d for d in batch if d.id in wanted]
+        if not batch:
+            return replayed
+        async with client.pipeline(transaction=True) as pipe:
+            for dead in batch:
+                pipe.xadd(stream, dead.original_fields())  # type: ignore[arg-type]  # str keys, bytes values are valid fields
+                pipe.xdel(dlq_name(stream), dead.id)
+            await pipe.execute()
+        replayed += len(batch)
+        if ids is not None:
+            return replayed
+
+
+async def dlq_purge(
+    client: aioredis.Redis, stream: str, ids: Sequence[str] | None = None
+) -> int:
+    """``XDEL`` the given dead letters, or ``DEL <stream>:dlq`` for all of them."""
+    if ids:
+        return int(await client.xdel(dlq_name(stream), *ids))
+    length = int(await client.xlen(dlq_name(stream)))
+    await client.delete(dlq_name(stream))
+    return length
