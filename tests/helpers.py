@@ -1,0 +1,76 @@
+"""Test helpers: polling with a deadline (never sleeping as synchronisation),
+running a consumer in the background, and subprocess workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from workers.base import Resources, Worker
+from workers.runtime import StreamConsumer
+
+
+async def poll(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Re-check ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, consumer: str = "c1") -> AsyncIterator[StreamConsumer]:
+    """Run ``worker`` as one consumer until the block exits, then stop it gracefully."""
+    runner = StreamConsumer(worker, consumer)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(runner.ready.wait(), timeout=10)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def metric(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def resources(settings: Any, redis: Any, pool: Any = None) -> Resources:
+    return Resources(settings=settings, redis=redis, pool=pool)
+
+
+def fleet_process(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """Start ``fleet <args>`` as a real subprocess with ``env`` on top of ours."""
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers", *args],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def fleet_cli(env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 60):  # type: ignore[no-untyped-def]
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        env=full,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )

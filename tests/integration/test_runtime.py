@@ -1,0 +1,352 @@
+"""The stream runtime's guarantees, each test run on fakeredis and on real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import asyncpg
+import pytest
+
+from contracts import Event, encode_entry
+from contracts.notify import NotificationFailed, NotificationSent
+from tests.helpers import metric, poll, resources, running
+from workers import streams, workload
+from workers.demo import publish
+from workers.notify_delivery import NotifyDeliveryWorker
+
+STREAM = "notify:delivery"
+GROUP = "notify-workers"
+DLQ = "notify:delivery:dlq"
+
+
+async def rows(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM notify.delivery_log"))
+
+
+async def pending(redis: Any, stream: str = STREAM, group: str = GROUP) -> int:
+    return int((await redis.xpending(stream, group))["pending"])
+
+
+async def test_each_event_recorded_once_even_when_published_twice(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    events = list(workload.notification_events(10_000, seed=11))
+    before_dup = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.sent",
+        outcome="duplicate",
+    ) + metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.failed",
+        outcome="duplicate",
+    )
+    worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
+    async with running(worker):
+        await publish(redis, STREAM, events)
+        await poll(lambda: _equals(rows(db), 10_000), timeout=120, what="10,000 rows")
+        await publish(redis, STREAM, events)
+        await poll(
+            lambda: _lag_zero_and_nothing_pending(redis), timeout=120, what="second copy consumed"
+        )
+    assert await rows(db) == 10_000
+    after_dup = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.sent",
+        outcome="duplicate",
+    ) + metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.failed",
+        outcome="duplicate",
+    )
+    assert after_dup - before_dup == 10_000
+    assert await redis.xlen(DLQ) == 0
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return await value == expected
+
+
+async def _lag_zero_and_nothing_pending(redis: Any, stream: str = STREAM) -> bool:
+    for st in await streams.group_statuses(redis, stream):
+        if st.pending or (st.lag or 0):
+            return False
+    return True
+
+
+def _valid(seed: int, count: int) -> list[Event]:
+    return list(workload.notification_events(count, seed=seed))
+
+
+async def test_malformed_entries_are_dead_lettered_with_reasons(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    good = _valid(21, 6)
+    sample = encode_entry(good[0])["data"]
+    missing_field = sample.replace(b'"channelId"', b'"channelIdentifier"')
+    wrong_type = sample.replace(b'"attempt":1', b'"attempt":"first"')
+    unsupported = sample.replace(b'"version":1', b'"version":99')
+    bad: list[tuple[dict[str, bytes], str]] = [
+        ({"type": b"notification.sent", "data": b"{not json"}, "malformed_json"),
+        ({"type": b"notification.sent", "data": missing_field}, "invalid_event"),
+        ({"type": b"notification.sent", "data": wrong_type}, "invalid_event"),
+        ({"type": b"notification.sent", "data": unsupported}, "unsupported_version"),
+        ({"type": b"notification.sent", "data": b"\x00\xff" * (512 * 1024)}, "malformed_json"),
+        ({"type": b"notification.sent"}, "missing_data"),
+        ({"data": sample}, "missing_type"),
+    ]
+    worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
+    async with running(worker) as consumer:
+        for i, (fields, _) in enumerate(bad):
+            await publish(redis, STREAM, good[i : i + 1])
+            await redis.xadd(STREAM, fields)
+        # Good events around the bad ones except the first, which the sample was taken from
+        # and is already published as good[0].
+        await publish(redis, STREAM, good[len(bad) :])
+        await poll(
+            lambda: _dlq_len_is(redis, len(bad)), timeout=30, what="every bad entry dead-lettered"
+        )
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="stream drained")
+        assert not consumer.stopping
+    dead = await streams.dlq_entries(redis, STREAM, count=100)
+    assert [d.reason for d in dead] == [reason for _, reason in bad]
+    for d in dead:
+        assert d.fields["dlq.group"] == GROUP.encode()
+        assert d.fields["dlq.error"]
+        assert d.fields["dlq.deliveries"] == b"1"
+    assert dead[4].fields["data"] == b"\x00\xff" * (512 * 1024)  # original fields kept whole
+    assert await rows(db) == len(set(e.event_id for e in good))
+
+
+async def _dlq_len_is(redis: Any, n: int) -> bool:
+    return int(await redis.xlen(DLQ)) == n
+
+
+async def test_types_the_group_does_not_handle_are_acknowledged_as_ignored(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    before = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="unknown", outcome="ignored"
+    )
+    worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
+    async with running(worker):
+        await redis.xadd(STREAM, {"type": b"notification.read", "data": b"{}"})
+        await publish(redis, STREAM, _valid(3, 2))
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
+    assert await rows(db) == 2
+    assert await redis.xlen(DLQ) == 0
+    after = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="unknown", outcome="ignored"
+    )
+    assert after - before == 1
+
+
+async def test_pending_entries_of_a_dead_consumer_are_reclaimed(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(5, 40))
+    # A consumer that reads and then dies without acknowledging anything.
+    await redis.xreadgroup(GROUP, "crashed", {STREAM: ">"}, count=25)
+    assert await pending(redis) == 25
+    before = metric("fleet_reclaimed_total", stream=STREAM, group=GROUP)
+    worker = NotifyDeliveryWorker(resources(settings_for(reclaim_idle_seconds=0.3), redis, db))
+    async with running(worker, "survivor"):
+        await poll(lambda: _equals(rows(db), 40), what="all 40 rows")
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
+    assert metric("fleet_reclaimed_total", stream=STREAM, group=GROUP) - before == 25
+
+
+async def test_own_pending_list_is_drained_before_new_entries(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(6, 10))
+    await redis.xreadgroup(GROUP, "same-name", {STREAM: ">"}, count=10)
+    # A restart under the same consumer name finds its own pending entries first;
+    # the idle time is long, so only the own-pending drain can pick them up.
+    worker = NotifyDeliveryWorker(resources(settings_for(reclaim_idle_seconds=3600), redis, db))
+    async with running(worker, "same-name"):
+        await poll(lambda: _equals(rows(db), 10), what="own pending handled")
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
+
+
+class Flaky(NotifyDeliveryWorker):
+    """Fails on chosen delivery ids: transiently a few times, or forever."""
+
+    poison: ClassVar[set[uuid.UUID]] = set()
+    transient_left: ClassVar[dict[uuid.UUID, int]] = {}
+
+    async def apply(self, conn: asyncpg.Connection | None, events: Sequence[Event]) -> None:
+        for e in events:
+            if not isinstance(e, NotificationSent | NotificationFailed):
+                continue
+            if e.delivery_id in self.poison:
+                raise RuntimeError(f"cannot render delivery {e.delivery_id}")
+            left = self.transient_left.get(e.delivery_id, 0)
+            if left:
+                self.transient_left[e.delivery_id] = left - 1
+                raise ConnectionResetError("database connection reset")
+        await super().apply(conn, events)
+
+
+async def test_poison_event_is_dead_lettered_after_max_deliveries_and_others_proceed(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    events = _valid(8, 30)
+    poison = events[7]
+    assert isinstance(poison, NotificationSent | NotificationFailed)
+    Flaky.poison = {poison.delivery_id}
+    worker = Flaky(resources(settings_for(reclaim_idle_seconds=0.2, max_deliveries=3), redis, db))
+    async with running(worker):
+        await publish(redis, STREAM, events)
+        await poll(lambda: _equals(rows(db), 29), what="the 29 good events")
+        await poll(lambda: _dlq_len_is(redis, 1), timeout=30, what="the poison dead-lettered")
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
+    (dead,) = await streams.dlq_entries(redis, STREAM)
+    assert dead.reason == "max_deliveries"
+    assert b"cannot render delivery" in dead.fields["dlq.error"]
+    assert int(dead.fields["dlq.deliveries"]) == 3
+    assert dead.fields["data"] == encode_entry(poison)["data"]
+    Flaky.poison = set()
+
+
+async def test_transient_errors_retry_in_process(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    events = _valid(9, 5)
+    target = events[2]
+    assert isinstance(target, NotificationSent | NotificationFailed)
+    Flaky.transient_left = {target.delivery_id: 2}
+    before = metric("fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried")
+    worker = Flaky(resources(settings_for(reclaim_idle_seconds=3600), redis, db))
+    async with running(worker):
+        await publish(redis, STREAM, events)
+        await poll(lambda: _equals(rows(db), 5), what="all rows after retries")
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
+    after = metric("fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried")
+    assert after - before == 2
+    assert await redis.xlen(DLQ) == 0
+    Flaky.transient_left = {}
+
+
+async def test_dead_letters_replayed_after_a_fix_are_processed(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    events = _valid(10, 4)
+    Flaky.poison = {e.delivery_id for e in events[:2]}  # type: ignore[attr-defined]
+    worker = Flaky(resources(settings_for(reclaim_idle_seconds=0.2, max_deliveries=2), redis, db))
+    async with running(worker):
+        await publish(redis, STREAM, events)
+        await poll(lambda: _dlq_len_is(redis, 2), timeout=30, what="two dead letters")
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
+        assert await rows(db) == 2
+        Flaky.poison = set()  # the fix is deployed
+        assert await streams.dlq_replay(redis, STREAM, None) == 2
+        await poll(lambda: _equals(rows(db), 4), what="replayed events recorded")
+    assert await redis.xlen(DLQ) == 0
+
+
+async def test_trim_never_removes_what_a_lagging_group_has_not_acknowledged(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await streams.ensure_group(redis, STREAM, "audit")  # a second, lagging group
+    await publish(redis, STREAM, _valid(12, 100))
+    await redis.xreadgroup("audit", "slow", {STREAM: ">"}, count=30)
+    delivered = await redis.xrange(STREAM, "-", "+", count=30)
+    await redis.xack(STREAM, "audit", *[eid for eid, _ in delivered[:10]])
+    worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
+    async with running(worker):
+        await poll(lambda: _equals(rows(db), 100), what="the fast group done")
+    # Retention 0 days: everything is old enough, only group progress protects entries.
+    plan = await streams.trim_stream(redis, STREAM, retention_days=0)
+    assert plan.limited_by == "audit"
+    assert plan.removable == 10
+    remaining = [eid for eid, _ in await redis.xrange(STREAM, "-", "+")]
+    assert remaining == [eid for eid, _ in delivered[10:]] + remaining[20:]
+    assert len(remaining) == 90
+    # Every entry the audit group has not acknowledged is still there to read.
+    unacked = await redis.xpending_range(STREAM, "audit", min="-", max="+", count=100)
+    assert {r["message_id"] for r in unacked} <= set(remaining)
+
+
+async def test_hard_cap_counts_unconsumed_entries_it_removes(redis: Any) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(13, 50))
+    before = metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM)
+    plan = await streams.trim_stream(redis, STREAM, retention_days=0, max_len=20)
+    assert plan.removable == 0 and plan.cap_removals == 30
+    assert await redis.xlen(STREAM) == 20
+    assert metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM) - before == 30
+
+
+async def test_prune_claims_pending_entries_before_deleting_a_consumer(redis: Any) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(14, 6))
+    await redis.xreadgroup(GROUP, "gone", {STREAM: ">"}, count=4)
+    await redis.xgroup_createconsumer(STREAM, GROUP, "idle-empty")
+    await redis.xgroup_createconsumer(STREAM, GROUP, "alive")
+    result = await streams.prune_consumers(redis, STREAM, GROUP, idle_ms=0, claim_to="alive")
+    assert sorted(result.deleted) == ["gone", "idle-empty"]
+    assert result.claimed == 4
+    names = {c["name"] for c in await redis.xinfo_consumers(STREAM, GROUP)}
+    assert names == {b"alive"}
+    moved = await redis.xpending_range(STREAM, GROUP, min="-", max="+", count=10)
+    assert {r["consumer"] for r in moved} == {b"alive"} and len(moved) == 4
+
+
+async def test_prune_without_a_live_consumer_keeps_one_holding_work(redis: Any) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(15, 3))
+    await redis.xreadgroup(GROUP, "gone", {STREAM: ">"}, count=3)
+    result = await streams.prune_consumers(redis, STREAM, GROUP, idle_ms=0, claim_to=None)
+    assert result.kept == ["gone"] and result.deleted == []
+    assert await pending(redis) == 3
+
+
+async def test_stop_finishes_and_acknowledges_what_was_read(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    worker = NotifyDeliveryWorker(resources(settings_for(batch_size=200), redis, db))
+    await publish(redis, STREAM, _valid(16, 3000))
+    async with running(worker):
+        await poll(lambda: _more_than(rows(db), 0), what="first batch")
+    # After a graceful stop nothing this consumer read is left pending.
+    assert await pending(redis) == 0
+    info = {g["name"]: g for g in await redis.xinfo_groups(STREAM)}
+    assert await rows(db) == int(info[GROUP.encode()]["entries-read"])
+
+
+async def _more_than(value: Any, n: int) -> bool:
+    return await value > n
+
+
+class Slow(NotifyDeliveryWorker):
+    """Takes longer than the group's idle time for every batch."""
+
+    seconds: ClassVar[float] = 1.5
+    calls: ClassVar[list[int]] = []
+
+    async def apply(self, conn: asyncpg.Connection | None, events: Sequence[Event]) -> None:
+        self.calls.append(len(events))
+        await asyncio.sleep(self.seconds)  # the slow handler under test, not synchronisation
+        await super().apply(conn, events)
+
+
+async def test_a_handler_slower_than_the_idle_time_keeps_its_entries(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    Slow.calls = []
+    slow = Slow(resources(settings_for(reclaim_idle_seconds=0.5), redis, db))
+    other = NotifyDeliveryWorker(resources(settings_for(reclaim_idle_seconds=0.5), redis, db))
+    before = metric("fleet_reclaimed_total", stream=STREAM, group=GROUP)
+    async with running(slow, "slow"):
+        await publish(redis, STREAM, _valid(17, 20))
+        await poll(lambda: _truthy(len(Slow.calls) > 0), what="the slow handler started")
+        async with running(other, "eager"):
+            await poll(lambda: _equals(rows(db), 20), timeout=30, what="rows")
+    # Without the claim being extended, "eager" would take over the slow batch.
+    assert metric("fleet_reclaimed_total", stream=STREAM, group=GROUP) == before
+
+
+async def _truthy(value: bool) -> bool:
+    return value
