@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+import msgspec
+
 from contracts.base import Event, NonEmpty, UtcDateTime
 
 VexStatus = Literal["not_affected", "affected", "fixed", "under_investigation"]
@@ -22,7 +24,7 @@ class ConsensusUpdated(Event, frozen=True, kw_only=True, tag="vex.consensus.upda
     resolved_status: VexStatus | None = None
     conflict_detected: bool = False
     confidence: str | None = None
-    contributing_vex_ids: list[uuid.UUID] = []
+    contributing_vex_ids: list[uuid.UUID] = msgspec.field(default_factory=list)
     digest: str | None = None
     computed_at: UtcDateTime
     reason: str

@@ -8,7 +8,6 @@ per type and reused.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -37,9 +36,14 @@ class _VersionProbe(msgspec.Struct):
 _probe = msgspec.json.Decoder(_VersionProbe)
 
 
-@cache
+_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+
+
 def _decoder(cls: type[E]) -> msgspec.json.Decoder[E]:
-    return msgspec.json.Decoder(cls)
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+    return decoder
 
 
 def encode_event(event: Event) -> bytes:
@@ -54,7 +58,7 @@ def encode_entry(event: Event) -> dict[str, bytes]:
 def decode_data(cls: type[E], data: bytes) -> E:
     """Decode ``data`` as ``cls``; raise :class:`DecodeError` with a reason code."""
     try:
-        event = _decoder(cls).decode(data)
+        event: E = _decoder(cls).decode(data)
     except msgspec.ValidationError as exc:
         version = _peek_version(data)
         if isinstance(version, int) and version not in cls.supported_versions:

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,9 +58,14 @@ def postgres_server(state_dir: Path) -> Iterator[Any]:
     if os.environ.get("FLEET_TEST_DATABASE_URL"):
         yield None
         return
-    server, _ = start_postgres(state_dir / "postgres")
+    # PostgreSQL runs as an unprivileged user when the suite runs as root, so its data
+    # folder must not sit under pytest's private (0700) temporary tree.
+    folder = Path(tempfile.mkdtemp(prefix="streamfleet-pg-"))
+    folder.chmod(0o755)
+    server, _ = start_postgres(folder / "data")
     yield server
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_database(url: str, database: str) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,14 +55,26 @@ def resources(settings: Any, redis: Any, pool: Any = None) -> Resources:
 
 
 def fleet_process(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    """Start ``fleet <args>`` as a real subprocess with ``env`` on top of ours."""
+    """Start ``fleet <args>`` as a real subprocess with ``env`` on top of ours.
+
+    Output goes to a temporary file (``proc.log_path``), never a pipe nobody reads.
+    """
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "workers", *args],
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    fd, log_path = tempfile.mkstemp(prefix="fleet-", suffix=".log")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", *args], env=full, stdout=fd, stderr=fd
+        )
+    finally:
+        os.close(fd)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    return proc
+
+
+def process_log(proc: subprocess.Popen[bytes]) -> str:
+    path: str = proc.log_path  # type: ignore[attr-defined]
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
 
 
 def fleet_cli(env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 60):  # type: ignore[no-untyped-def]

@@ -129,7 +129,7 @@ class Fleet:
         consumer_name = self.settings.resolved_consumer_name()
         async with open_resources(self.settings, need_s3=need_s3) as resources:
             tasks: list[asyncio.Task[None]] = []
-            extra_routes = []
+            extra_routes: list[Any] = []
             for cls in classes:
                 if isinstance(cls, type) and issubclass(cls, Worker):
                     consumer = StreamConsumer(cls(resources), consumer_name)

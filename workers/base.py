@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import asyncpg
     import redis.asyncio as aioredis
 
+    from workers.db import DbConn
     from workers.settings import Settings
 
 
@@ -56,7 +57,7 @@ class Worker:
         """Pure semantic check; a returned string dead-letters the event with that reason."""
         return None
 
-    async def apply(self, conn: asyncpg.Connection | None, events: Sequence[Event]) -> None:
+    async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
         """Write the effects of ``events`` (never seen before by this group) in ``conn``'s
         open transaction. Raise :class:`~workers.errors.Permanent` for an event that can
         never succeed."""

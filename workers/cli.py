@@ -210,7 +210,9 @@ def parse_publish_lines(
         cls = types.get(type_name) if isinstance(type_name, str) else None
         if cls is None:
             known = ", ".join(sorted(types))
-            problems.append(f"line {number}: type {type_name!r} does not belong on {stream} ({known})")
+            problems.append(
+                f"line {number}: type {type_name!r} does not belong on {stream} ({known})"
+            )
             continue
         try:
             event = decode_data(cls, line)
@@ -248,7 +250,7 @@ def publish(
                     chunk = entries[start : start + 1000]
                     async with client.pipeline(transaction=False) as pipe:
                         for fields in chunk:
-                            pipe.xadd(stream, fields)  # type: ignore[arg-type]  # str keys, bytes values are valid
+                            pipe.xadd(stream, fields)
                         await pipe.execute()
                     progress.advance(task, len(chunk))
 
@@ -385,8 +387,8 @@ def consumers_prune(
     ] = 3600.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
 ) -> None:
-    """Delete idle consumers; their pending entries first move to the group's most recently
-    active consumer, and a consumer still holding entries is never deleted."""
+    """Delete idle consumers. Their pending entries first move to the group's most recently
+    active consumer (never pruned itself); a consumer still holding entries is never deleted."""
     names = _streams_for(stream)
     cfg = settings()
 
@@ -395,7 +397,7 @@ def consumers_prune(
         async with _valkey(cfg) as client:
             for name in names:
                 for st in await streams.group_statuses(client, name):
-                    target = await _most_active_consumer(client, name, st.group, idle)
+                    target = await _most_active_consumer(client, name, st.group)
                     result = await streams.prune_consumers(
                         client,
                         name,
@@ -415,12 +417,13 @@ def consumers_prune(
         )
 
 
-async def _most_active_consumer(client: Any, stream: str, group: str, idle: float) -> str | None:
+async def _most_active_consumer(client: Any, stream: str, group: str) -> str | None:
+    """The consumer that read most recently: it receives the pruned consumers' entries
+    and is itself never pruned in the same run."""
     consumers = await client.xinfo_consumers(stream, group)
-    live = [c for c in consumers if int(c["idle"]) < idle * 1000]
-    if not live:
+    if not consumers:
         return None
-    best = min(live, key=lambda c: int(c["idle"]))
+    best = min(consumers, key=lambda c: int(c["idle"]))
     name = best["name"]
     return str(name.decode() if isinstance(name, bytes) else name)
 
@@ -453,7 +456,10 @@ def trim(
 
     for plan in run_async(go):
         verb = "would remove" if dry_run else "removed"
-        line = f"{plan.stream}: {verb} {plan.removable} of {plan.length} (limited by {plan.limited_by})"
+        line = (
+            f"{plan.stream}: {verb} {plan.removable} of {plan.length} "
+            f"(limited by {plan.limited_by})"
+        )
         if plan.cap_removals:
             line += f"; hard cap {verb.split()[-1]} {plan.cap_removals} unconsumed"
         out.print(line)

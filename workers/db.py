@@ -19,12 +19,16 @@ from typing import Any
 
 import asyncpg
 import asyncpg.exceptions as pgexc
+import asyncpg.pool
 import structlog
 
 from workers.errors import ConfigError, FleetError
 from workers.settings import Settings, redact_url
 
 log = structlog.get_logger("workers.db")
+
+DbConn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""A plain connection or one borrowed from a pool: both run queries the same way."""
 
 MIGRATION_LOCK_KEY = 0x5F1EE7_0001  # arbitrary, fixed: one lock per database for migrations
 
@@ -173,7 +177,7 @@ class MigrationPlan:
     pending: list[Migration]
 
 
-async def _plan(conn: asyncpg.Connection, migrations: list[Migration]) -> MigrationPlan:
+async def _plan(conn: DbConn, migrations: list[Migration]) -> MigrationPlan:
     rows = await conn.fetch("SELECT version, checksum FROM public.schema_migrations")
     applied = {r["version"]: r["checksum"] for r in rows}
     for m in migrations:
@@ -187,8 +191,7 @@ async def _plan(conn: asyncpg.Connection, migrations: list[Migration]) -> Migrat
     unknown = sorted(set(applied) - known)
     if unknown:
         raise MigrationError(
-            f"the database has migrations this build does not know: {unknown}; "
-            "run a newer build"
+            f"the database has migrations this build does not know: {unknown}; run a newer build"
         )
     return MigrationPlan(
         applied=sorted(applied), pending=[m for m in migrations if m.version not in applied]
@@ -196,7 +199,7 @@ async def _plan(conn: asyncpg.Connection, migrations: list[Migration]) -> Migrat
 
 
 async def migrate(
-    conn: asyncpg.Connection,
+    conn: DbConn,
     migrations: list[Migration],
     *,
     check_only: bool = False,
@@ -227,5 +230,5 @@ async def migrate(
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
-async def table_exists(conn: asyncpg.Connection, qualified: str) -> bool:
+async def table_exists(conn: DbConn, qualified: str) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified))

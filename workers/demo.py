@@ -49,9 +49,9 @@ async def publish(client: Any, stream: str, events: Iterable[Event], progress: A
     return count
 
 
-async def wait_consumed(client: Any, groups: list[tuple[str, str]], timeout: float) -> bool:
+async def wait_consumed(client: Any, groups: list[tuple[str, str]], deadline_s: float) -> bool:
     """Poll until every (stream, group) has no lag and nothing pending, or time runs out."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         done = True
         for stream, group in groups:
@@ -113,7 +113,11 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
     try:
         n_notify = max(1, int(10_000 * scale))
         parts: list[tuple[str, Iterable[Event], int]] = [
-            ("notify:delivery", workload.notification_events(n_notify, seed=int(time.time())), n_notify),
+            (
+                "notify:delivery",
+                workload.notification_events(n_notify, seed=int(time.time())),
+                n_notify,
+            ),
         ]
         total = sum(n for _, _, n in parts)
         with Progress(console=console) as progress:
@@ -122,7 +126,7 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
                 await publish(client, stream, events, lambda n: progress.advance(task, n))
         groups = [(c.stream, c.group) for c in fleet.consumers]
         t0 = time.monotonic()
-        if not await wait_consumed(client, groups, timeout=90):
+        if not await wait_consumed(client, groups, deadline_s=90):
             raise FleetError("the workload was not consumed within 90 s; see `fleet status`")
         console.print(f"  consumed {total} events in {time.monotonic() - t0:.1f}s")
         await _summary(settings, client, groups, console)

@@ -47,7 +47,7 @@ class EmbeddedStack:
             "FLEET_DATABASE_URL": self.database_url,
             "FLEET_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "AWS_ACCESS_KEY_ID": "streamfleet",
-            "AWS_SECRET_ACCESS_KEY": "streamfleet-secret",  # noqa: S105 - moto accepts any key
+            "AWS_SECRET_ACCESS_KEY": "streamfleet-secret",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
@@ -80,7 +80,7 @@ def start_postgres(data_dir: Path) -> tuple[Any, str]:
             "the embedded stack needs the 'embedded' extra: pip install 'streamfleet[embedded]'"
         ) from exc
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]  # exported at runtime, not in __all__
     return server, server.get_uri()
 
 

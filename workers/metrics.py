@@ -30,9 +30,7 @@ BATCH_SIZE = Histogram(
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),
 )
 STREAM_LENGTH = Gauge("fleet_stream_length", "Entries in the stream (XLEN).", ["stream"])
-GROUP_LAG = Gauge(
-    "fleet_group_lag", "Entries not yet delivered to the group.", ["stream", "group"]
-)
+GROUP_LAG = Gauge("fleet_group_lag", "Entries not yet delivered to the group.", ["stream", "group"])
 GROUP_PENDING = Gauge(
     "fleet_group_pending", "Entries delivered but not acknowledged.", ["stream", "group"]
 )
@@ -79,7 +77,7 @@ SCAN_SLO_BREACHES = Counter(
 VEX_CONSENSUS_LATENCY = Histogram(
     "fleet_vex_consensus_latency_seconds",
     "From the triggering event's occurredAt to the consensus write.",
-    buckets=_LATENCY_BUCKETS + (10.0, 30.0, 60.0),
+    buckets=(*_LATENCY_BUCKETS, 10.0, 30.0, 60.0),
 )
 VEX_CONFLICT_QUEUE_DEPTH = Gauge(
     "fleet_vex_conflict_queue_depth", "Open conflicts in the consensus review queue."
@@ -88,7 +86,7 @@ VEX_RECOMPUTE_DURATION = Histogram(
     "fleet_vex_recompute_duration_seconds",
     "Consensus recompute duration, by trigger.",
     ["reason"],
-    buckets=_LATENCY_BUCKETS + (10.0, 30.0),
+    buckets=(*_LATENCY_BUCKETS, 10.0, 30.0),
 )
 VEX_CONFLICTS = Counter(
     "fleet_vex_consensus_conflicts_total", "Consensus conflicts detected, by reason.", ["reason"]

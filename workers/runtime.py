@@ -32,7 +32,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -93,7 +92,9 @@ class StreamConsumer:
     def __init__(self, worker: Worker, consumer: str) -> None:
         self.worker = worker
         self.settings = worker.resources.settings
-        self.redis: aioredis.Redis = worker.resources.redis
+        # redis-py types replies as unions of every RESP shape; replies are read as Any
+        # and shaped at this edge.
+        self.redis: Any = worker.resources.redis
         self.pool = worker.resources.pool
         self.stream = worker.stream
         self.group = worker.group
@@ -259,7 +260,7 @@ class StreamConsumer:
         interval = max(self.idle_ms / 3000, 0.05)
         min_idle = int(interval * 500)
         while not await self._pause(interval):
-            held = list(self._held)
+            held: list[Any] = list(self._held)
             if not held:
                 continue
             try:
@@ -343,16 +344,19 @@ class StreamConsumer:
                 continue
             label = cls.event_type()
             data = fields.get(b"data")
+            if data is None:
+                out.dead.append((entry_id, fields, "missing_data", "no 'data' field", deliveries))
+                out.counts[(label, "dead_lettered")] += 1
+                continue
             try:
-                if data is None:
-                    raise DecodeError("missing_data", "entry has no 'data' field")
                 event = decode_data(cls, data)
-                reason = self.worker.validate(event)
-                if reason is not None:
-                    raise Permanent("invalid_event", reason)
-            except (DecodeError, Permanent) as exc:
-                reason_code = exc.reason
-                out.dead.append((entry_id, fields, reason_code, str(exc), deliveries))
+            except DecodeError as exc:
+                out.dead.append((entry_id, fields, exc.reason, str(exc), deliveries))
+                out.counts[(label, "dead_lettered")] += 1
+                continue
+            problem = self.worker.validate(event)
+            if problem is not None:
+                out.dead.append((entry_id, fields, "invalid_event", problem, deliveries))
                 out.counts[(label, "dead_lettered")] += 1
                 continue
             if deliveries > max_deliveries:

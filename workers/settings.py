@@ -32,7 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     s3_bucket: str = "streamfleet"
     s3_region: str = "us-east-1"
 
-    http_host: str = "0.0.0.0"  # noqa: S104 - the ops endpoint must be reachable by Prometheus
+    http_host: str = "0.0.0.0"
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     api_token: str | None = None
 
@@ -120,9 +120,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         message = str(exc).split(" - at ")[0]
         shown = raw.get(field)
         shown_text = redact_url(shown) if isinstance(shown, str) else shown
-        raise ConfigError(
-            f"invalid {PREFIX}{field.upper()}={shown_text!r}: {message}"
-        ) from None
+        raise ConfigError(f"invalid {PREFIX}{field.upper()}={shown_text!r}: {message}") from None
     for field, schemes in _URL_SCHEMES.items():
         value = getattr(settings, field)
         if value is None:

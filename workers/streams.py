@@ -104,7 +104,7 @@ async def dead_letter(
     now_ms = str(int(time.time() * 1000))
     async with client.pipeline(transaction=True) as pipe:
         for entry_id, fields, reason, error, deliveries in entries:
-            record: dict[bytes | str, bytes | str] = dict(fields)
+            record: dict[Any, Any] = dict(fields)
             record.update(
                 {
                     "dlq.stream": stream,
@@ -117,7 +117,7 @@ async def dead_letter(
                     "dlq.at": now_ms,
                 }
             )
-            pipe.xadd(dlq_name(stream), record)  # type: ignore[arg-type]  # bytes and str keys are both valid fields
+            pipe.xadd(dlq_name(stream), record)
             pipe.xack(stream, group, entry_id)
         await pipe.execute()
 
@@ -231,7 +231,7 @@ async def prune_consumers(
                 rows = await client.xpending_range(
                     stream, group, min="-", max="+", count=1000, consumername=name
                 )
-                ids = [r["message_id"] for r in rows]
+                ids: list[Any] = [r["message_id"] for r in rows]
                 if not ids:
                     break
                 moved = await client.xclaim(
@@ -303,11 +303,12 @@ async def plan_trim(
         if group_bound < bound:
             bound = group_bound
             limited_by = name
-    first = await client.xrange(stream, "-", "+", count=1)
+    first: Any = await client.xrange(stream, "-", "+", count=1)
     first_id = _id_tuple(first[0][0]) if first else bound
     removable = 0
     if bound > first_id:
-        removable = len(await client.xrange(stream, "-", f"({_id_text(bound)}", count=length))
+        older: Any = await client.xrange(stream, "-", f"({_id_text(bound)}", count=length)
+        removable = len(older)
     cap_removals = 0
     if max_len and length - removable > max_len:
         cap_removals = length - removable - max_len
@@ -368,7 +369,7 @@ async def dlq_entries(
     client: aioredis.Redis, stream: str, *, count: int = 100, reason: str | None = None
 ) -> list[DeadLetter]:
     """``XRANGE <stream>:dlq - + COUNT n``, optionally filtered by reason."""
-    rows = await client.xrange(dlq_name(stream), "-", "+", count=count)
+    rows: Any = await client.xrange(dlq_name(stream), "-", "+", count=count)
     found = [DeadLetter(_s(eid), {_s(k): v for k, v in fields.items()}) for eid, fields in rows]
     if reason is not None:
         found = [d for d in found if d.reason == reason]
@@ -398,9 +399,7 @@ async def dlq_replay(
             return replayed
 
 
-async def dlq_purge(
-    client: aioredis.Redis, stream: str, ids: Sequence[str] | None = None
-) -> int:
+async def dlq_purge(client: aioredis.Redis, stream: str, ids: Sequence[str] | None = None) -> int:
     """``XDEL`` the given dead letters, or ``DEL <stream>:dlq`` for all of them."""
     if ids:
         return int(await client.xdel(dlq_name(stream), *ids))

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import asyncpg
-import pytest
 
 from contracts import Event, encode_entry
 from contracts.notify import NotificationFailed, NotificationSent
@@ -35,10 +34,16 @@ async def test_each_event_recorded_once_even_when_published_twice(
 ) -> None:
     events = list(workload.notification_events(10_000, seed=11))
     before_dup = metric(
-        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.sent",
+        "fleet_events_total",
+        stream=STREAM,
+        group=GROUP,
+        type="notification.sent",
         outcome="duplicate",
     ) + metric(
-        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.failed",
+        "fleet_events_total",
+        stream=STREAM,
+        group=GROUP,
+        type="notification.failed",
         outcome="duplicate",
     )
     worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
@@ -51,10 +56,16 @@ async def test_each_event_recorded_once_even_when_published_twice(
         )
     assert await rows(db) == 10_000
     after_dup = metric(
-        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.sent",
+        "fleet_events_total",
+        stream=STREAM,
+        group=GROUP,
+        type="notification.sent",
         outcome="duplicate",
     ) + metric(
-        "fleet_events_total", stream=STREAM, group=GROUP, type="notification.failed",
+        "fleet_events_total",
+        stream=STREAM,
+        group=GROUP,
+        type="notification.failed",
         outcome="duplicate",
     )
     assert after_dup - before_dup == 10_000
@@ -216,13 +227,17 @@ async def test_transient_errors_retry_in_process(
     target = events[2]
     assert isinstance(target, NotificationSent | NotificationFailed)
     Flaky.transient_left = {target.delivery_id: 2}
-    before = metric("fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried")
+    before = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried"
+    )
     worker = Flaky(resources(settings_for(reclaim_idle_seconds=3600), redis, db))
     async with running(worker):
         await publish(redis, STREAM, events)
         await poll(lambda: _equals(rows(db), 5), what="all rows after retries")
         await poll(lambda: _lag_zero_and_nothing_pending(redis), what="nothing pending")
-    after = metric("fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried")
+    after = metric(
+        "fleet_events_total", stream=STREAM, group=GROUP, type="batch", outcome="retried"
+    )
     assert after - before == 2
     assert await redis.xlen(DLQ) == 0
     Flaky.transient_left = {}

@@ -431,6 +431,18 @@ def test_csaf_flags_by_group_give_the_justification() -> None:
     assert record.statement.published_at == utc(2024, 2, 1, 0, 0, 0)
 
 
+def test_csaf_flags_and_impact_threats_attach_only_to_not_affected() -> None:
+    scoped = {"product_ids": ["P1"]}
+    obj = csaf(
+        {"known_affected": ["P1"]},
+        flags=[{"label": "component_not_present", **scoped}],
+        threats=[{"category": "impact", "details": "High", **scoped}],
+    )
+    (record,) = parse_document(encode(obj)).records
+    assert record.statement.status == "affected"
+    assert (record.statement.justification, record.statement.impact_statement) == (None, None)
+
+
 def test_csaf_products_without_purl_are_reported_not_fatal() -> None:
     doc = parse_document(encode(csaf({"known_affected": ["P1", "P2"]})))
     assert [r.statement.component_purl for r in doc.records] == ["pkg:pypi/lib@1.0"]
@@ -486,6 +498,7 @@ INVALID: dict[str, tuple[bytes, str]] = {
         "unsupported OpenVEX version 0.9.0",
     ),
     "no-author": (encode(_without_author()), "missing required field `author`"),
+    "blank-author": (encode({**openvex(), "author": "  "}), r"issuer \(author\) is blank"),
     "unknown-status": (encode(openvex(status="maybe")), r"at `\$.statements\[0\].status`"),
     "vulnerability-without-name": (
         encode(openvex(vulnerability={"aliases": ["X"]})),

@@ -14,7 +14,7 @@ from workers import metrics
 from workers.base import Worker
 
 if TYPE_CHECKING:
-    import asyncpg
+    from workers.db import DbConn
 
 Delivery = NotificationSent | NotificationFailed
 
@@ -62,7 +62,7 @@ class NotifyDeliveryWorker(Worker):
     stream: ClassVar[str] = "notify:delivery"
     event_types: ClassVar[tuple[type[Event], ...]] = (NotificationSent, NotificationFailed)
 
-    async def apply(self, conn: asyncpg.Connection | None, events: Sequence[Event]) -> None:
+    async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
         assert conn is not None
         deliveries = [e for e in events if isinstance(e, NotificationSent | NotificationFailed)]
         rows = latest_per_delivery(deliveries)

@@ -44,8 +44,9 @@ microsecond precision (rounded); a timestamp without a zone offset is an error.
 
 Raw statements (stored in ``vex.vex_raw.raw_statement``): for OpenVEX, the
 statement object exactly as written; for CSAF, which has no per-product
-statement object, a small excerpt (vulnerability ids, category, product ids,
-the flags and impact threats applied, purl source).
+statement object, a small excerpt (vulnerability ids, ``product_status``
+category, product ids, the flag label and impact applied, purl source, the
+vulnerability's release and discovery dates).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class SkippedProduct(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ParsedDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """One document's records in document order, and the products that made none."""
+
     format: DocumentFormat
     format_version: str
     document_id: str | None
@@ -208,6 +211,13 @@ class _Collector:
         )
 
 
+def _issuer(value: str, field: str) -> str:
+    issuer = value.strip()
+    if not issuer:
+        raise DocumentError(f"the issuer ({field}) is blank")
+    return issuer
+
+
 def _text(value: str | None) -> str | None:
     return (value.strip() or None) if value is not None else None
 
@@ -291,7 +301,7 @@ def _parse_openvex(obj: dict[str, Any]) -> ParsedDocument:
         raise DocumentError(f"unsupported OpenVEX version {version} (supported: 0.2.0, 0.0.1)")
     doc = _convert(obj, _OvDocument, "OpenVEX 0.2.0")
     raw_statements: list[dict[str, Any]] = obj["statements"]
-    out = _Collector(doc.author.strip())
+    out = _Collector(_issuer(doc.author, "author"))
     for index, (stmt, raw) in enumerate(zip(doc.statements, raw_statements, strict=True)):
         if not stmt.products:
             raise DocumentError(
@@ -333,7 +343,7 @@ def _parse_openvex(obj: dict[str, Any]) -> ParsedDocument:
 def _parse_openvex_legacy(obj: dict[str, Any]) -> ParsedDocument:
     doc = _convert(obj, _OvLegacyDocument, "OpenVEX 0.0.1")
     raw_statements: list[dict[str, Any]] = obj["statements"]
-    out = _Collector(doc.author.strip())
+    out = _Collector(_issuer(doc.author, "author"))
     for index, (stmt, raw) in enumerate(zip(doc.statements, raw_statements, strict=True)):
         if not stmt.products:
             raise DocumentError(
@@ -478,7 +488,7 @@ def _parse_csaf(obj: dict[str, Any]) -> ParsedDocument:
     published = doc.document.tracking.current_release_date
     products = _csaf_products(doc.product_tree)
     groups = {g.group_id: g.product_ids for g in doc.product_tree.product_groups}
-    out = _Collector(doc.document.publisher.namespace.strip())
+    out = _Collector(_issuer(doc.document.publisher.namespace, "document.publisher.namespace"))
     for index, vuln in enumerate(doc.vulnerabilities):
         if vuln.cve is not None:
             vulnerability_ids = [vuln.cve]

