@@ -24,4 +24,3 @@ CREATE TABLE notify.delivery_log (
 );
 
 CREATE INDEX idx_delivery_log_tenant ON notify.delivery_log (tenant_id, recorded_at);
-CREATE INDEX idx_delivery_log_channel ON notify.delivery_log (channel_id);

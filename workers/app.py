@@ -78,7 +78,7 @@ async def open_resources(settings: Settings, *, need_s3: bool) -> AsyncIterator[
     redis = streams.connect(settings)
     try:
         await streams.ping(redis, settings)
-        pool = await create_pool(settings, max_size=max(4, settings.prefetch_batches + 2))
+        pool = await create_pool(settings, max_size=max(4, settings.concurrency + 2))
         try:
             resources = Resources(settings=settings, redis=redis, pool=pool)
             if need_s3:

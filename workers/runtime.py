@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import redis.exceptions as redis_exc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -47,8 +48,8 @@ from workers.errors import Permanent
 log = structlog.get_logger("workers.runtime")
 
 _INBOX_SQL = """
-INSERT INTO fleet.inbox (group_name, event_id)
-SELECT $1, unnest($2::uuid[])
+INSERT INTO fleet.inbox (event_id, group_name)
+SELECT unnest($2::uuid[]), $1
 ON CONFLICT DO NOTHING
 RETURNING event_id
 """
@@ -63,6 +64,23 @@ class Batch:
     # Delivery counts for entries read from a pending list; ``None``: first delivery.
     counts: dict[bytes, int] | None = None
     source: str = "new"
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    cls: type[Event]
+    label: str
+    decoder: msgspec.json.Decoder[Any]
+    versions: frozenset[int]
+
+
+def _decode_failure(cls: type[Event], data: bytes) -> tuple[str, str]:
+    """The slow path: decode again to get the reason code and message."""
+    try:
+        decode_data(cls, data)
+    except DecodeError as exc:
+        return exc.reason, str(exc)
+    return "invalid_event", "could not be decoded"
 
 
 @dataclass(slots=True)
@@ -100,12 +118,20 @@ class StreamConsumer:
         self.group = worker.group
         self.consumer = consumer
         self.idle_ms = int(worker.reclaim_idle_seconds * 1000)
-        self._types: dict[bytes, type[Event]] = {
-            cls.event_type().encode(): cls for cls in worker.event_types
+        self._types: dict[bytes, _Known] = {
+            cls.event_type().encode(): _Known(
+                cls, cls.event_type(), msgspec.json.Decoder(cls), cls.supported_versions
+            )
+            for cls in worker.event_types
         }
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(
             maxsize=self.settings.prefetch_batches
         )
+        # Acknowledgements leave through their own task so the next batch's database
+        # work overlaps the XACK round trip.
+        self._acks: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._readers_left = self.settings.concurrency
         self._held: dict[bytes, None] = {}
         self._stopping = asyncio.Event()
         self._hard_stop = False
@@ -122,15 +148,22 @@ class StreamConsumer:
         await streams.ensure_group(self.redis, self.stream, self.group)
         await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
         self._log.info("consumer.started", idle_ms=self.idle_ms)
-        reader = asyncio.create_task(self._reader(), name=f"reader:{self.stream}")
-        processor = asyncio.create_task(self._processor(), name=f"processor:{self.stream}")
+        readers = [
+            asyncio.create_task(self._reader(i), name=f"reader:{self.stream}:{i}")
+            for i in range(self.settings.concurrency)
+        ]
+        processors = [
+            asyncio.create_task(self._processor(), name=f"processor:{self.stream}:{i}")
+            for i in range(self.settings.concurrency)
+        ]
+        acker = asyncio.create_task(self._acker(), name=f"acker:{self.stream}")
         helpers = [
             asyncio.create_task(self._reclaimer(), name="reclaimer"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
             asyncio.create_task(self.worker.background(), name="worker-background"),
         ]
-        self._tasks = [reader, processor, *helpers]
+        self._tasks = [*readers, *processors, acker, *helpers]
         self.ready.set()
         try:
             await self._stopping.wait()
@@ -138,11 +171,20 @@ class StreamConsumer:
             for task in helpers:
                 task.cancel()
             grace = self.settings.shutdown_grace_seconds
-            done, pending = await asyncio.wait({reader, processor}, timeout=grace)
+            deadline = time.monotonic() + grace
+            done, pending = await asyncio.wait({*readers, *processors}, timeout=grace)
             for task in pending:
                 self._hard_stop = True
                 task.cancel()
-            await asyncio.gather(*helpers, *pending, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._acks.put_nowait(None)
+            ack_done, ack_pending = await asyncio.wait(
+                {acker}, timeout=max(0.5, deadline - time.monotonic())
+            )
+            for task in ack_pending:
+                task.cancel()
+            done |= ack_done
+            await asyncio.gather(*helpers, *ack_pending, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     self._log.error("consumer.task_failed", error=_text(task.exception()))  # type: ignore[arg-type]  # checked not None just above
@@ -167,9 +209,13 @@ class StreamConsumer:
 
     # ------------------------------------------------------------ reading
 
-    async def _reader(self) -> None:
+    async def _reader(self, index: int) -> None:
+        """Reader 0 drains this consumer's own pending list first; then every reader reads
+        new entries (several reads in flight keep the server busy while we decode)."""
         backoff = 0.1
-        drained_own = False
+        drained_own = index != 0
+        if index != 0:
+            await self._drained.wait()
         last_own = b"0"
         while not self.stopping:
             try:
@@ -183,6 +229,7 @@ class StreamConsumer:
                     entries = reply[0][1] if reply else []
                     if not entries:
                         drained_own = True
+                        self._drained.set()
                         continue
                     last_own = entries[-1][0]
                     counts = await self._delivery_counts([e[0] for e in entries])
@@ -210,7 +257,11 @@ class StreamConsumer:
                 continue
             if reply:
                 await self._enqueue(Batch(reply[0][1]))
-        await self._queue.put(None)
+        self._drained.set()  # never leave the other readers waiting on a stopped drain
+        self._readers_left -= 1
+        if self._readers_left == 0:
+            for _ in range(self.settings.concurrency):
+                await self._queue.put(None)
 
     async def _enqueue(self, batch: Batch) -> None:
         for entry_id, _ in batch.entries:
@@ -332,8 +383,8 @@ class StreamConsumer:
                 continue
             deliveries = counts.get(entry_id, 1) if counts is not None else 1
             raw_type = fields.get(b"type")
-            cls = self._types.get(raw_type) if raw_type is not None else None
-            if cls is None:
+            known = self._types.get(raw_type) if raw_type is not None else None
+            if known is None:
                 label = _type_label(raw_type)
                 if raw_type is None:
                     out.dead.append((entry_id, fields, "missing_type", "no 'type' field", 1))
@@ -342,16 +393,20 @@ class StreamConsumer:
                     out.ack.append(entry_id)
                     out.counts[(label, "ignored")] += 1
                 continue
-            label = cls.event_type()
+            label = known.label
             data = fields.get(b"data")
             if data is None:
                 out.dead.append((entry_id, fields, "missing_data", "no 'data' field", deliveries))
                 out.counts[(label, "dead_lettered")] += 1
                 continue
             try:
-                event = decode_data(cls, data)
-            except DecodeError as exc:
-                out.dead.append((entry_id, fields, exc.reason, str(exc), deliveries))
+                # Fast path: the decoder built once for this type, version checked inline.
+                event = known.decoder.decode(data)
+                if event.version not in known.versions:
+                    raise msgspec.ValidationError("unsupported version")
+            except msgspec.MsgspecError:
+                reason, detail = _decode_failure(known.cls, data)
+                out.dead.append((entry_id, fields, reason, detail, deliveries))
                 out.counts[(label, "dead_lettered")] += 1
                 continue
             problem = self.worker.validate(event)
@@ -459,33 +514,53 @@ class StreamConsumer:
             await self.worker.after_commit([i.event for i in fresh])
 
     async def _finish(self, out: _Outcome) -> None:
-        for attempt in range(1, 6):
-            try:
-                if out.dead:
+        if out.dead:
+            for attempt in range(1, 6):
+                try:
                     await streams.dead_letter(
-                        self.redis,
-                        self.stream,
-                        self.group,
-                        self.consumer,
-                        out.dead,
+                        self.redis, self.stream, self.group, self.consumer, out.dead
                     )
-                    for _, _, reason, detail, _ in out.dead:
-                        metrics.DEAD_LETTERS.labels(self.stream, self.group, reason).inc()
-                        self._log.warning("event.dead_lettered", reason=reason, error=detail[:200])
-                    out.dead = []
-                if out.ack:
-                    await self.redis.xack(self.stream, self.group, *out.ack)
+                except _REDIS_ERRORS as exc:
+                    # Not dead-lettered and not acknowledged: the entry stays pending and
+                    # comes back, so nothing is lost by giving up.
+                    self._log.warning("dead_letter.failed", error=_text(exc), attempt=attempt)
+                    if await self._pause(0.2 * attempt) and self._hard_stop:
+                        break
+                    continue
+                for entry_id, _, reason, detail, _ in out.dead:
+                    self._held.pop(entry_id, None)
+                    metrics.DEAD_LETTERS.labels(self.stream, self.group, reason).inc()
+                    self._log.warning("event.dead_lettered", reason=reason, error=detail[:200])
                 break
-            except _REDIS_ERRORS as exc:
-                # Effects are committed; an unacknowledged entry is redelivered and then
-                # recognised as a duplicate, so giving up here loses nothing.
-                self._log.warning("ack.failed", error=_text(exc), attempt=attempt)
-                if await self._pause(0.2 * attempt) and self._hard_stop:
+        if out.ack:
+            self._acks.put_nowait(out.ack)
+
+    async def _acker(self) -> None:
+        """``XACK`` committed entries, coalescing whatever is waiting into one call."""
+        finished = False
+        while not finished:
+            first = await self._acks.get()
+            if first is None:
+                return
+            ids = list(first)
+            while not self._acks.empty():
+                more = self._acks.get_nowait()
+                if more is None:
+                    finished = True
                     break
-        for entry_id in out.ack:
-            self._held.pop(entry_id, None)
-        for entry in out.dead:
-            self._held.pop(entry[0], None)
+                ids.extend(more)
+            for attempt in range(1, 6):
+                try:
+                    await self.redis.xack(self.stream, self.group, *ids)
+                    break
+                except _REDIS_ERRORS as exc:
+                    # Effects are committed; an unacknowledged entry is redelivered and
+                    # then recognised as a duplicate, so giving up here loses nothing.
+                    self._log.warning("ack.failed", error=_text(exc), attempt=attempt)
+                    if await self._pause(0.2 * attempt) and self._hard_stop:
+                        break
+            for entry_id in ids:
+                self._held.pop(entry_id, None)
 
     def _observe(self, batch: Batch, out: _Outcome, elapsed: float) -> None:
         size = len(batch.entries)

@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     batch_size: Positive = 500
     block_ms: Positive = 2000
     prefetch_batches: Positive = 2
+    # Batches handled at once per consumer: overlaps one batch's database round trip
+    # with the next batch's decoding. Effects must converge in any order anyway.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
     max_deliveries: Positive = 5
     shutdown_grace_seconds: PositiveFloat = 25.0
     # Overrides every stream's reclaim idle time when set (tests, incident response).

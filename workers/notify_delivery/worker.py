@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
+
+import msgspec
 
 from contracts import Event
 from contracts.notify import NotificationFailed, NotificationSent
@@ -18,16 +19,30 @@ if TYPE_CHECKING:
 
 Delivery = NotificationSent | NotificationFailed
 
+# The batch travels as one JSON array of the events themselves: PostgreSQL parses it
+# (on its own core) instead of the driver encoding fifteen typed arrays element by element.
+# DISTINCT ON keeps the row each delivery must converge to; ON CONFLICT only lets a
+# later attempt (or a success at the same attempt) replace what is stored.
 _UPSERT = """
 INSERT INTO notify.delivery_log AS d (
     delivery_id, tenant_id, rule_id, channel_id, channel_type, event_id, status, attempt,
     delivered_at, failed_at, status_code, error, retryable, latency_ms, last_event_id
 )
-SELECT * FROM unnest(
-    $1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::text[],
-    $8::int[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::text[], $13::bool[],
-    $14::int[], $15::uuid[]
+SELECT DISTINCT ON (x."deliveryId")
+    x."deliveryId", x."tenantId", x."ruleId", x."channelId", x."channelType",
+    x."sourceEventId",
+    CASE x.type WHEN 'notification.sent' THEN 'sent' ELSE 'failed' END,
+    x.attempt, x."sentAt", x."failedAt", x."statusCode",
+    CASE x.type WHEN 'notification.failed' THEN x.error END,
+    CASE x.type WHEN 'notification.failed' THEN x.retryable END,
+    x."latencyMs", x."eventId"
+FROM json_to_recordset($1::text::json) AS x(
+    "deliveryId" uuid, "tenantId" uuid, "ruleId" uuid, "channelId" uuid, "channelType" text,
+    "sourceEventId" uuid, type text, attempt int, "sentAt" timestamptz,
+    "failedAt" timestamptz, "statusCode" int, error text, retryable bool, "latencyMs" int,
+    "eventId" uuid
 )
+ORDER BY x."deliveryId", x.attempt DESC, (x.type = 'notification.sent') DESC
 ON CONFLICT (delivery_id) DO UPDATE SET
     status = EXCLUDED.status,
     attempt = EXCLUDED.attempt,
@@ -42,13 +57,16 @@ ON CONFLICT (delivery_id) DO UPDATE SET
 WHERE (EXCLUDED.attempt, EXCLUDED.status = 'sent') > (d.attempt, d.status = 'sent')
 """
 
+_encoder = msgspec.json.Encoder()
+
 
 def _rank(event: Delivery) -> tuple[int, bool]:
-    return (event.attempt, isinstance(event, NotificationSent))
+    return (event.attempt, type(event) is NotificationSent)
 
 
 def latest_per_delivery(events: Sequence[Delivery]) -> list[Delivery]:
-    """One event per delivery id, the one the row must converge to (pure)."""
+    """One event per delivery id, the one the row must converge to (pure; the SQL above
+    applies the same rule within a batch and against the stored row)."""
     best: dict[uuid.UUID, Delivery] = {}
     for event in events:
         current = best.get(event.delivery_id)
@@ -64,41 +82,24 @@ class NotifyDeliveryWorker(Worker):
 
     async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
         assert conn is not None
-        deliveries = [e for e in events if isinstance(e, NotificationSent | NotificationFailed)]
-        rows = latest_per_delivery(deliveries)
-        columns: list[list[object]] = [[] for _ in range(15)]
-        for e in rows:
-            sent_at: datetime | None = e.sent_at if isinstance(e, NotificationSent) else None
-            failed = e if isinstance(e, NotificationFailed) else None
-            values = (
-                e.delivery_id,
-                e.tenant_id,
-                e.rule_id,
-                e.channel_id,
-                e.channel_type,
-                e.source_event_id,
-                "sent" if failed is None else "failed",
-                e.attempt,
-                sent_at,
-                failed.failed_at if failed else None,
-                e.status_code,
-                failed.error if failed else None,
-                failed.retryable if failed else None,
-                e.latency_ms,
-                e.event_id,
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        await conn.execute(_UPSERT, *columns)
+        await conn.execute(_UPSERT, _encoder.encode(events).decode())
 
     async def after_commit(self, events: Sequence[Event]) -> None:
         counts: Counter[tuple[str, str]] = Counter()
+        latencies: dict[str, list[float]] = {}
         for e in events:
-            if not isinstance(e, NotificationSent | NotificationFailed):
+            if type(e) is NotificationSent:
+                status = "sent"
+            elif type(e) is NotificationFailed:
+                status = "failed"
+            else:
                 continue
-            status = "sent" if isinstance(e, NotificationSent) else "failed"
             counts[(e.channel_type, status)] += 1
             if e.latency_ms is not None:
-                metrics.NOTIFY_DELIVERY_LATENCY.labels(e.channel_type).observe(e.latency_ms / 1000)
+                latencies.setdefault(e.channel_type, []).append(e.latency_ms / 1000)
         for (channel_type, status), n in counts.items():
             metrics.NOTIFY_DELIVERIES.labels(channel_type, status).inc(n)
+        for channel_type, values in latencies.items():
+            histogram = metrics.NOTIFY_DELIVERY_LATENCY.labels(channel_type)
+            for value in values:
+                histogram.observe(value)
