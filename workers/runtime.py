@@ -54,6 +54,14 @@ ON CONFLICT DO NOTHING
 RETURNING event_id
 """
 
+_EXPIRE_INBOX_SQL = """
+DELETE FROM fleet.inbox WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM fleet.inbox
+    WHERE group_name = $1 AND processed_at < now() - make_interval(days => $2::int)
+    LIMIT 5000
+))
+"""
+
 _REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
 _MAX_ERROR_TEXT = 500
 
@@ -344,12 +352,27 @@ class StreamConsumer:
                     retention_days=self.settings.stream_retention_days,
                     max_len=self.settings.stream_max_len,
                 )
+                await self._expire_inbox()
             except _REDIS_ERRORS as exc:
                 self._log.warning("valkey.unavailable", error=_text(exc), during="maintenance")
             except redis_exc.ResponseError as exc:
                 self._log.warning("maintenance.failed", error=_text(exc))
+            except Exception as exc:  # noqa: BLE001 - housekeeping must never stop consuming
+                self._log.warning("maintenance.failed", error=_text(exc))
             if await self._pause(self.settings.maintenance_interval_seconds):
                 return
+
+    async def _expire_inbox(self) -> None:
+        """Delete this group's inbox rows older than the inbox retention, in bounded batches.
+
+        The retention is far beyond the stream retention, so no redelivery of those
+        events can still arrive."""
+        if self.pool is None or not self.worker.uses_database:
+            return
+        days = self.settings.inbox_retention_days
+        deleted = await self.pool.execute(_EXPIRE_INBOX_SQL, self.group, days)
+        if deleted != "DELETE 0":
+            self._log.info("inbox.expired", result=deleted)
 
     # ------------------------------------------------------------ processing
 

@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     stream_retention_days: NonNegativeFloat = 7.0
     stream_max_len: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: no hard cap
-    inbox_retention_days: PositiveFloat = 30.0
+    inbox_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
 
     scan_metrics_retention_days: PositiveFloat = 90.0
     retention_schedule: str = "0 0 * * *"

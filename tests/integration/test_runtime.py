@@ -365,3 +365,26 @@ async def test_a_handler_slower_than_the_idle_time_keeps_its_entries(
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_inbox_rows_past_retention_are_expired_in_bounded_batches(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    from workers.runtime import StreamConsumer
+
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    await db.execute(
+        "INSERT INTO fleet.inbox (event_id, group_name, processed_at) VALUES "
+        "($1, $3, now() - interval '31 days'), ($2, $3, now() - interval '29 days'), "
+        "($1, 'another-group', now() - interval '400 days')",
+        old,
+        recent,
+        GROUP,
+    )
+    worker = NotifyDeliveryWorker(resources(settings_for(inbox_retention_days=30), redis, db))
+    await StreamConsumer(worker, "c1")._expire_inbox()
+    left = {
+        (r["event_id"], r["group_name"])
+        for r in await db.fetch("SELECT event_id, group_name FROM fleet.inbox")
+    }
+    assert left == {(recent, GROUP), (old, "another-group")}
