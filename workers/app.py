@@ -123,6 +123,22 @@ class Fleet:
         }
 
     async def run(self, *, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            # Installed before any connection is opened: a SIGTERM during start-up is a
+            # request to stop, honoured once started, never an abrupt exit.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            if early_stop_requested():
+                self.stop()
+        try:
+            await self._run()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self) -> None:
         classes = resolve(self.names)
         self.names = [cls.name for cls in classes]
         need_s3 = any(getattr(cls, "uses_s3", False) for cls in classes)
@@ -145,10 +161,6 @@ class Fleet:
                 resources, status=self.status, checks=checks, extra_routes=extra_routes
             )
             port = await self.server.start(self.settings.http_host, self.settings.http_port)
-            loop = asyncio.get_running_loop()
-            if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, self.stop)
             log.info("fleet.started", workers=self.names, consumer=consumer_name, http_port=port)
             self.started.set()
             try:
@@ -167,11 +179,26 @@ class Fleet:
             finally:
                 for task in tasks:
                     task.cancel()
-                if install_signals:
-                    for sig in (signal.SIGTERM, signal.SIGINT):
-                        loop.remove_signal_handler(sig)
                 await self.server.stop()
             log.info("fleet.stopped")
+
+
+_early_stop = False
+
+
+def _note_early_stop(signum: int, frame: object) -> None:
+    global _early_stop
+    _early_stop = True
+
+
+def catch_early_stop() -> None:
+    """Remember a SIGTERM/SIGINT that arrives before the event loop runs."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note_early_stop)
+
+
+def early_stop_requested() -> bool:
+    return _early_stop
 
 
 def _checks(resources: Resources) -> dict[str, Callable[[], Awaitable[None]]]:

@@ -116,8 +116,9 @@ def run(
     ] = None,
 ) -> None:
     """Run workers in this process until SIGTERM/SIGINT (graceful drain)."""
-    from workers.app import Fleet, resolve
+    from workers.app import Fleet, catch_early_stop, resolve
 
+    catch_early_stop()
     cfg = settings()
     configure_logging(cfg.log_level, cfg.log_format)
     names = list(worker or [])
