@@ -388,3 +388,33 @@ async def test_inbox_rows_past_retention_are_expired_in_bounded_batches(
         for r in await db.fetch("SELECT event_id, group_name FROM fleet.inbox")
     }
     assert left == {(recent, GROUP), (old, "another-group")}
+
+
+async def test_delivery_rows_converge_whatever_the_arrival_order(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    base = next(workload.notification_events(1, seed=77, failure_rate=1.0))
+    assert isinstance(base, NotificationFailed)
+    import msgspec
+
+    attempts = [
+        msgspec.structs.replace(base, event_id=uuid.uuid4(), attempt=1, error="timeout"),
+        msgspec.structs.replace(base, event_id=uuid.uuid4(), attempt=2, error="503"),
+    ]
+    success = NotificationSent(
+        **{
+            f: getattr(base, f)
+            for f in NotificationSent.__struct_fields__
+            if f not in ("sent_at", "attempt", "event_id", "status_code")
+        },
+        event_id=uuid.uuid4(),
+        attempt=3,
+        sent_at=base.failed_at,
+    )
+    worker = NotifyDeliveryWorker(resources(settings_for(batch_size=1), redis, db))
+    async with running(worker):
+        # Newest first, one per batch: later arrivals are older attempts and must not win.
+        await publish(redis, STREAM, [success, attempts[1], attempts[0]])
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
+    row = await db.fetchrow("SELECT status, attempt, error FROM notify.delivery_log")
+    assert dict(row) == {"status": "sent", "attempt": 3, "error": None}
