@@ -50,14 +50,20 @@ CREATE TABLE vex.consensus (
     confidence            NUMERIC(5,4)  NOT NULL CHECK (confidence >= 0 AND confidence <= 1),
     digest                TEXT          NOT NULL CHECK (digest ~ '^[0-9a-f]{64}$'),
     computed_at           TIMESTAMPTZ   NOT NULL DEFAULT now(),
+    -- pkg:type/namespace/name of component_purl (the purl itself when it is not one):
+    -- finds the pairs a new less specific statement (no version, no qualifiers) speaks for.
+    scope_base            TEXT          NOT NULL,
     CONSTRAINT uq_consensus_pair UNIQUE (component_purl, vulnerability_id)
 );
 
-CREATE INDEX idx_consensus_vulnerability ON vex.consensus (vulnerability_id);
+CREATE INDEX idx_consensus_vulnerability ON vex.consensus (vulnerability_id, scope_base);
 
 -- The review queue. A conflict is identified by its pair and the digest of the
 -- conflicting result, so recomputing the same result queues nothing new, and a
--- resolved conflict is not reopened until the result itself changes.
+-- resolved conflict is not reopened until the result itself changes. The worker
+-- queues results whose deciding level disagrees (status_disagreement, i.e.
+-- consensus.conflict_detected); scope_mismatch and missing_provenance are data
+-- quality signals counted by fleet_vex_consensus_conflicts_total only.
 CREATE TABLE vex.consensus_conflicts (
     conflict_id       UUID          PRIMARY KEY,
     component_purl    TEXT          NOT NULL,
@@ -68,6 +74,9 @@ CREATE TABLE vex.consensus_conflicts (
     digest            TEXT          NOT NULL,
     detected_at       TIMESTAMPTZ   NOT NULL DEFAULT now(),
     resolved_at       TIMESTAMPTZ,             -- NULL: open
+    -- Why it closed: 'superseded' when the pair's result changed (a superseded conflict
+    -- reopens if that exact result comes back); anything else is a reviewer's verdict.
+    resolution        VARCHAR(50),
     CONSTRAINT uq_consensus_conflicts_pair_digest
         UNIQUE (component_purl, vulnerability_id, digest)
 );
@@ -78,10 +87,13 @@ CREATE INDEX idx_consensus_conflicts_open
 
 -- Transactional outbox: a vex.consensus.updated event is written in the same
 -- transaction as the consensus change and published to vex:consensus after commit.
+-- seq is taken when the row is written, after the pair's lock: successive results of
+-- one pair get increasing seq, so publishing in seq order never sends a stale one last.
 CREATE TABLE vex.consensus_outbox (
     event_id    UUID         PRIMARY KEY,
+    seq         BIGINT       GENERATED ALWAYS AS IDENTITY,
     payload     JSONB        NOT NULL,
     created_at  TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
 
-CREATE INDEX idx_consensus_outbox_created ON vex.consensus_outbox (created_at);
+CREATE INDEX idx_consensus_outbox_seq ON vex.consensus_outbox (seq);

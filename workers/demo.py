@@ -119,6 +119,8 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
                 n_notify,
             ),
         ]
+        if "vex-consensus" in fleet.names:
+            parts.append(await _vex_part(settings, client, scale, console))
         total = sum(n for _, _, n in parts)
         with Progress(console=console) as progress:
             task = progress.add_task("publishing events", total=total)
@@ -130,6 +132,8 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
             raise FleetError("the workload was not consumed within 90 s; see `fleet status`")
         console.print(f"  consumed {total} events in {time.monotonic() - t0:.1f}s")
         await _summary(settings, client, groups, console)
+        if "vex-consensus" in fleet.names:
+            await _vex_summary(settings, client, console)
     finally:
         fleet.stop()
         await runner
@@ -168,3 +172,68 @@ async def _summary(
     for r in rows:
         deliveries.add_row(r["channel_type"], r["status"], str(r["n"]))
     console.print(deliveries)
+
+
+# ------------------------------------------------------------------ VEX part
+
+
+async def _vex_part(
+    settings: Settings, client: Any, scale: float, console: Console
+) -> tuple[str, Iterable[Event], int]:
+    """Import the demo's VEX documents and trust rows (as ``fleet vex`` would), publish
+    the results, and return the advisories for ``concelier:drift``."""
+    from workers.vex_consensus import service as vex
+    from workers.vex_consensus.documents import parse_document
+
+    started = time.monotonic()
+    components = max(20, int(200 * scale))
+    documents = [parse_document(data) for _, data in workload.vex_documents(components)]
+    pool = await create_pool(settings, max_size=2)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            trusted = await vex.set_trust(conn, workload.vex_trust())
+            imported = await vex.import_documents(conn, documents)
+        trusted.recompute.observe()
+        imported.recompute.observe()
+        published = await vex.publish_outbox(pool, client)
+    finally:
+        await pool.close()
+    console.print(
+        f"  vex: {len(documents)} OpenVEX documents from {len(documents)} issuers, "
+        f"{imported.inserted} new statements, {published} consensus results published "
+        f"in {time.monotonic() - started:.1f}s"
+    )
+    n_advisories = max(1, int(40 * scale))
+    return (
+        "concelier:drift",
+        workload.advisory_events(n_advisories, seed=int(time.time()), components=components),
+        n_advisories,
+    )
+
+
+async def _vex_summary(settings: Settings, client: Any, console: Console) -> None:
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT resolved_status, count(*) AS n, "
+                "count(*) FILTER (WHERE conflict_detected) AS conflicts "
+                "FROM vex.consensus GROUP BY 1 ORDER BY 1"
+            )
+            open_conflicts = await conn.fetchval(
+                "SELECT count(*) FROM vex.consensus_conflicts WHERE resolved_at IS NULL"
+            )
+            waiting = await conn.fetchval("SELECT count(*) FROM vex.consensus_outbox")
+    finally:
+        await pool.close()
+    table = Table(title="vex.consensus")
+    for column in ("resolved status", "pairs", "with conflict"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["resolved_status"], str(r["n"]), str(r["conflicts"]))
+    console.print(table)
+    console.print(
+        f"  vex: {sum(r['n'] for r in rows)} consensus rows, {open_conflicts} open conflicts "
+        f"in the review queue, {int(await client.xlen('vex:consensus'))} events on "
+        f"vex:consensus, {waiting} waiting in the outbox"
+    )

@@ -10,4 +10,17 @@ as ``vex.consensus.updated`` on ``vex:consensus``.
 - :mod:`workers.vex_consensus.documents`: pure parsing of OpenVEX and CSAF VEX
   documents into statements whose ids are derived from their content, so importing
   a document twice stores nothing new.
+- :mod:`workers.vex_consensus.store`: the set-based SQL (a fixed number of round
+  trips per 5,000 pairs, never one per pair).
+- :mod:`workers.vex_consensus.service`: recompute, import, trust change and the
+  outbox publisher, shared by the worker, ``fleet vex`` and the demo.
+- :mod:`workers.vex_consensus.worker`: the consumer of ``concelier:drift``.
+- :mod:`workers.vex_consensus.cli`: ``fleet vex import|show|trust``.
+
+Idempotency key: the advisory's ``eventId`` (inbox); derived events carry a uuid5
+of their pair and result digest, so an unchanged result is never published twice.
 """
+
+from workers.vex_consensus.worker import VexConsensusWorker
+
+__all__ = ["VexConsensusWorker"]
