@@ -66,6 +66,10 @@ def decode_data(cls: type[E], data: bytes) -> E:
         raise DecodeError("invalid_event", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError("malformed_json", str(exc)) from None
+    except (RecursionError, UnicodeDecodeError) as exc:
+        # msgspec raises these, not its DecodeError, for JSON nested past the recursion
+        # limit and for strings that are not UTF-8.
+        raise DecodeError("malformed_json", f"{type(exc).__name__}: {exc}") from None
     try:
         event.check_version()
     except UnsupportedVersion as exc:
@@ -75,7 +79,7 @@ def decode_data(cls: type[E], data: bytes) -> E:
 
 def decode_event(fields: dict[bytes, bytes] | dict[str, Any]) -> Event:
     """Decode a whole entry by its ``type`` field, for tools that read any stream."""
-    raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
+    raw = {k.decode(errors="replace") if isinstance(k, bytes) else k: v for k, v in fields.items()}
     type_value = raw.get("type")
     data = raw.get("data")
     if type_value is None:
@@ -96,7 +100,7 @@ def decode_event(fields: dict[bytes, bytes] | dict[str, Any]) -> Event:
 def _peek_version(data: bytes) -> object:
     try:
         return _probe.decode(data).version
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
         return None
 
 

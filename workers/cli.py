@@ -201,7 +201,7 @@ def parse_publish_lines(
             continue
         try:
             head = msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             problems.append(f"line {number}: not JSON ({exc})")
             continue
         if not isinstance(head, dict):

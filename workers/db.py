@@ -96,7 +96,13 @@ async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
             timeout=10,
             command_timeout=60,
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        TimeoutError,
+        ValueError,
+    ) as exc:
         raise ConfigError(
             f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
             f"{_one_line(exc, settings.database_url)}"

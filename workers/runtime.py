@@ -381,7 +381,14 @@ class StreamConsumer:
             batch = await self._queue.get()
             if batch is None:
                 return
-            await self.process(batch)
+            try:
+                await self.process(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the consumer
+                # Whatever the batch did not finish stays pending; releasing it lets the
+                # reclaimer hand it out again, and max_deliveries ends a loop.
+                self._log.error("batch.crashed", error=_text(exc), size=len(batch.entries))
+                for entry_id, _ in batch.entries:
+                    self._held.pop(entry_id, None)
             self.processed_batches += 1
 
     async def process(self, batch: Batch) -> None:
@@ -427,7 +434,7 @@ class StreamConsumer:
                 event = known.decoder.decode(data)
                 if event.version not in known.versions:
                     raise msgspec.ValidationError("unsupported version")
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
                 reason, detail = _decode_failure(known.cls, data)
                 out.dead.append((entry_id, fields, reason, detail, deliveries))
                 out.counts[(label, "dead_lettered")] += 1

@@ -12,7 +12,6 @@ import re
 import socket
 from collections.abc import Mapping
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -89,16 +88,17 @@ _URL_SCHEMES = {
 
 
 def redact_url(url: str) -> str:
-    """``scheme://user:***@host/...``: never print a password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """``scheme://user:***@host/...``: never print a password.
+
+    A password typed without percent-encoding may hold ``/``, ``?`` or ``#``, which end
+    ``urlsplit``'s netloc early; everything up to the last ``@`` is then credentials.
+    """
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}"
 
 
 _LOCATION = re.compile(r"at `\$\.(\w+)")
@@ -128,7 +128,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         value = getattr(settings, field)
         if value is None:
             continue
-        scheme = urlsplit(value).scheme
+        scheme = value.partition("://")[0].lower()
         if scheme not in schemes or ("://" not in value):
             raise ConfigError(
                 f"invalid {PREFIX}{field.upper()}={redact_url(value)!r}: "

@@ -49,15 +49,16 @@ async def ping(client: aioredis.Redis, settings: Settings) -> None:
     """Fail with one line naming the server when Valkey cannot be reached."""
     try:
         await client.ping()
+    except redis_exc.AuthenticationError as exc:
+        # Before ConnectionError: AuthenticationError is one of its subclasses.
+        raise ConfigError(
+            f"Valkey at {redact_url(settings.valkey_url)} refused the credentials: {exc}"
+        ) from None
     except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
         raise ConfigError(
             f"cannot reach Valkey at {redact_url(settings.valkey_url)}: {exc}"
         ) from None
-    except redis_exc.AuthenticationError as exc:
-        raise ConfigError(
-            f"Valkey at {redact_url(settings.valkey_url)} refused the credentials: {exc}"
-        ) from None
-    except redis_exc.ResponseError as exc:
+    except redis_exc.RedisError as exc:  # e.g. a bad ssl_* URL parameter, or a refused command
         raise ConfigError(f"Valkey at {redact_url(settings.valkey_url)}: {exc}") from None
 
 

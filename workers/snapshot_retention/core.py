@@ -307,7 +307,7 @@ def normalize_payload(
     """
     try:
         document: object = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(f"payload is not valid JSON: {exc}") from None
     records = _records_of(document, records_key)
     odd = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)

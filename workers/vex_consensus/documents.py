@@ -125,7 +125,7 @@ def parse_document(data: bytes) -> ParsedDocument:
         raise DocumentError("empty document")
     try:
         obj = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise DocumentError(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DocumentError(f"a VEX document is a JSON object, got {type(obj).__name__}")
