@@ -121,6 +121,8 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
         ]
         if "vex-consensus" in fleet.names:
             parts.append(await _vex_part(settings, client, scale, console))
+        if "scan-metrics" in fleet.names:
+            parts.append(_scan_part(scale))
         total = sum(n for _, _, n in parts)
         with Progress(console=console) as progress:
             task = progress.add_task("publishing events", total=total)
@@ -134,6 +136,8 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
         await _summary(settings, client, groups, console)
         if "vex-consensus" in fleet.names:
             await _vex_summary(settings, client, console)
+        if "scan-metrics" in fleet.names:
+            await _scan_summary(settings, console)
     finally:
         fleet.stop()
         await runner
@@ -237,3 +241,30 @@ async def _vex_summary(settings: Settings, client: Any, console: Console) -> Non
         f"in the review queue, {int(await client.xlen('vex:consensus'))} events on "
         f"vex:consensus, {waiting} waiting in the outbox"
     )
+
+
+# ------------------------------------------------------------------ scan part
+
+
+def _scan_part(scale: float) -> tuple[str, Iterable[Event], int]:
+    """Scans from every demo tenant over the last hours: six phases each, some failures
+    and replays, published as they happen (lifecycle order per scan, scans interleaved)."""
+    from datetime import UTC, datetime, timedelta
+
+    n_scans = max(10, int(2_000 * scale))
+    started = datetime.now(UTC) - timedelta(seconds=1.5 * n_scans + 600)
+    events = workload.scan_events(n_scans, seed=int(time.time()), start=started)
+    return ("scanner:events", events, len(events))
+
+
+async def _scan_summary(settings: Settings, console: Console) -> None:
+    from workers.scan_metrics.report import render, tte_report
+
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            report = await tte_report(conn, tenant_id=None, since=None)
+    finally:
+        await pool.close()
+    for table in render(report, title="Scan Time-to-Evidence"):
+        console.print(table)

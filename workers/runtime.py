@@ -49,7 +49,8 @@ log = structlog.get_logger("workers.runtime")
 
 _INBOX_SQL = """
 INSERT INTO fleet.inbox (event_id, group_name)
-SELECT unnest($2::uuid[]), $1
+SELECT e, $1 FROM unnest($2::uuid[]) AS e
+ORDER BY e  -- one lock order for every batch: concurrent batches cannot deadlock
 ON CONFLICT DO NOTHING
 RETURNING event_id
 """

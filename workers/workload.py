@@ -249,13 +249,13 @@ def scan_lifecycles(
     failure_rate: float = 0.05,
     replay_rate: float = 0.08,
     start: datetime | None = None,
-) -> list[list[Event]]:
+) -> list[tuple[ScanSubmitted, ScanCompleted | ScanFailed]]:
     """``count`` scans, each as its events in lifecycle order: ``scan.submitted``, then
     ``scan.completed`` or ``scan.failed``. Arrivals about 1.5 s apart, millisecond
     timestamps; TTE p50 about 70 s with a tail beyond 300 s."""
     rng = random.Random(seed)
     submitted_at = start or BASE_TIME
-    scans: list[list[Event]] = []
+    scans: list[tuple[ScanSubmitted, ScanCompleted | ScanFailed]] = []
     for i in range(count):
         submitted_at = _ms(submitted_at + timedelta(seconds=rng.expovariate(1 / 1.5)))
         tenant = TENANTS[i % len(TENANTS)]
@@ -322,7 +322,7 @@ def scan_lifecycles(
         if fails_in is None:
             finished_at = _ms(at + timedelta(milliseconds=rng.randrange(10, 300)))
             packages = rng.randrange(20, 2500)
-            event: Event = ScanCompleted(
+            event: ScanCompleted | ScanFailed = ScanCompleted(
                 occurred_at=finished_at,
                 finished_at=finished_at,
                 package_count=packages,
@@ -347,7 +347,7 @@ def scan_lifecycles(
                 retryable=retryable,
                 **outcome,  # type: ignore[arg-type]  # keys match the struct's fields
             )
-        scans.append([submitted, event])
+        scans.append((submitted, event))
     return scans
 
 
