@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -138,6 +139,9 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
             await _vex_summary(settings, client, console)
         if "scan-metrics" in fleet.names:
             await _scan_summary(settings, console)
+        for service in fleet.services:
+            if getattr(service, "name", None) == "snapshot-retention":
+                await _snapshot_part(service.snapshots, console)
     finally:
         fleet.stop()
         await runner
@@ -268,3 +272,48 @@ async def _scan_summary(settings: Settings, console: Console) -> None:
         await pool.close()
     for table in render(report, title="Scan Time-to-Evidence"):
         console.print(table)
+
+
+async def _snapshot_part(snapshots: Any, console: Console) -> None:
+    """Import feed snapshots for a few tools, roll one back, and print the SLA."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    imports = [
+        ("trivy", "0.58.1", now - timedelta(days=9), 400),
+        ("trivy", "0.58.2", now - timedelta(days=2), 420),
+        ("syft", "1.18.0", now - timedelta(days=16), 250),
+        ("grype-db", "5.0.0", now - timedelta(days=1), 300),
+        ("grype-db", "5.0.1", now - timedelta(hours=3), 310),
+    ]
+    for tool, version, at, count in imports:
+        records = [
+            {"id": f"{tool}-{version}-{i}", "purl": f"pkg:npm/demo-{i}@1.{i % 7}.0"}
+            for i in range(count)
+        ]
+        payload = json.dumps({"records": records}).encode()
+        await snapshots.import_snapshot(tool, version, payload, actor="demo", now=at)
+    rollback = await snapshots.rollback(
+        "grype-db", reason="demo: the newest import is bad", actor="demo"
+    )
+    sla = await snapshots.sla()
+    table = Table(title="feed snapshots (S3 payloads, BLAKE3-verified)")
+    for column in ("tool", "active snapshot", "freshness", "age"):
+        table.add_column(column)
+    body = msgspec.to_builtins(sla)["sla"]
+    for entry in body:
+        table.add_row(
+            entry.get("tool", "?"),
+            str(entry.get("snapshotId") or "-"),
+            str(entry.get("status") or entry.get("state") or "?"),
+            str(entry.get("age") or "-"),
+        )
+    console.print(table)
+    result = rollback.rollback
+    source = result.from_.snapshot_id if result.from_ else "-"
+    console.print(
+        f"  rollback of grype-db: {source} -> {result.to.snapshot_id} ({result.status})"
+    )
+    verification = await snapshots.verify_audit()
+    console.print(f"  audit chain: {msgspec.to_builtins(verification)}")

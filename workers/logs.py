@@ -48,5 +48,5 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party libraries are chatty at info; their warnings still come through.
-    for noisy in ("botocore", "aiobotocore", "urllib3", "aiohttp.access", "asyncio"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "aiohttp.access", "asyncio", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
