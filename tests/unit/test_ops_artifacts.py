@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,11 +21,12 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.ops_queries import dashboard_queries, dashboards, runbook_queries, walk_panels
+
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 RULES_FILE = OPS / "prometheus" / "rules" / "streamfleet.rules.yml"
 RUNBOOKS = OPS / "runbooks"
-DASHBOARDS = OPS / "grafana" / "dashboards"
 K8S = OPS / "k8s"
 ACL_FILE = OPS / "valkey" / "users.acl"
 
@@ -162,46 +162,6 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def recording_names() -> set[str]:
     return {r["record"] for g in rule_groups() for r in g["rules"] if "record" in r}
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    boards = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in DASHBOARDS.glob("*.json")}
-    assert boards, "no dashboards found"
-    return boards
-
-
-def walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from walk_panels(panel.get("panels", []))
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) for every panel target of every dashboard."""
-    out = []
-    for name, board in dashboards().items():
-        for panel in walk_panels(board["panels"]):
-            for target in panel.get("targets", []):
-                out.append((f"{name}: {panel['title']}", target["expr"]))
-    return out
-
-
-def runbook_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) for every query in the ```promql blocks of the runbooks."""
-    out = []
-    for path in sorted(RUNBOOKS.glob("*.md")):
-        text = path.read_text(encoding="utf-8")
-        for block in re.findall(r"```promql\n(.*?)```", text, re.S):
-            lines = [ln for ln in block.splitlines() if ln.strip() and ln.strip()[0] != "#"]
-            base = min(len(ln) - len(ln.lstrip()) for ln in lines)
-            queries: list[str] = []
-            for line in lines:
-                if queries and len(line) - len(line.lstrip()) > base:
-                    queries[-1] += " " + line.strip()  # an indented line continues a query
-                else:
-                    queries.append(line.strip())
-            out.extend((path.name, query) for query in queries)
-    return out
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')

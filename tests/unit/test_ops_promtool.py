@@ -8,14 +8,14 @@ checked as PromQL too, by handing them to promtool as recording rules.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.ops_queries import dashboard_queries, runbook_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "ops" / "prometheus"
@@ -50,32 +50,6 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
-
-
-def dashboard_queries() -> list[str]:
-    queries = []
-    for path in sorted((ROOT / "ops" / "grafana" / "dashboards").glob("*.json")):
-        stack = list(json.loads(path.read_text(encoding="utf-8"))["panels"])
-        while stack:
-            panel = stack.pop()
-            stack.extend(panel.get("panels", []))
-            queries.extend(target["expr"] for target in panel.get("targets", []))
-    return queries
-
-
-def runbook_queries() -> list[str]:
-    queries: list[str] = []
-    for path in sorted((ROOT / "ops" / "runbooks").glob("*.md")):
-        for block in re.findall(r"```promql\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
-            lines = [ln for ln in block.splitlines() if ln.strip() and ln.strip()[0] != "#"]
-            base = min(len(ln) - len(ln.lstrip()) for ln in lines)
-            start = len(queries)
-            for line in lines:
-                if len(queries) > start and len(line) - len(line.lstrip()) > base:
-                    queries[-1] += " " + line.strip()
-                else:
-                    queries.append(line.strip())
-    return queries
 
 
 def test_rules_pass_promtool_check() -> None:
@@ -113,7 +87,7 @@ def test_prometheus_config_is_valid() -> None:
 
 
 def test_dashboard_and_runbook_queries_are_valid_promql(tmp_path: Path) -> None:
-    queries = dashboard_queries() + runbook_queries()
+    queries = [expr for _, expr in dashboard_queries() + runbook_queries()]
     assert len(queries) > 50
     expressions = []
     for query in queries:
