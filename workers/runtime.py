@@ -558,6 +558,13 @@ class StreamConsumer:
                     if await self._pause(0.2 * attempt) and self._hard_stop:
                         break
                     continue
+                except redis_exc.ResponseError as exc:
+                    # Refused by the server (e.g. an ACL without MULTI): retrying cannot help.
+                    # The entries stay pending and are released for redelivery.
+                    self._log.error("dead_letter.refused", error=_text(exc))
+                    for entry_id, *_ in out.dead:
+                        self._held.pop(entry_id, None)
+                    break
                 for entry_id, _, reason, detail, _ in out.dead:
                     self._held.pop(entry_id, None)
                     metrics.DEAD_LETTERS.labels(self.stream, self.group, reason).inc()

@@ -418,3 +418,15 @@ async def test_delivery_rows_converge_whatever_the_arrival_order(
         await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
     row = await db.fetchrow("SELECT status, attempt, error FROM notify.delivery_log")
     assert dict(row) == {"status": "sent", "attempt": 3, "error": None}
+
+
+async def test_hard_cap_does_not_count_entries_every_group_already_consumed(redis: Any) -> None:
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await publish(redis, STREAM, _valid(18, 50))
+    read = await redis.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=40)
+    await redis.xack(STREAM, GROUP, *[eid for eid, _ in read[0][1]])
+    before = metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM)
+    # A week of retention keeps all 50; the cap of 5 removes 45: 40 consumed, 5 not.
+    await streams.trim_stream(redis, STREAM, retention_days=7, max_len=5)
+    assert await redis.xlen(STREAM) == 5
+    assert metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM) - before == 5
