@@ -312,8 +312,6 @@ async def _snapshot_part(snapshots: Any, console: Console) -> None:
     console.print(table)
     result = rollback.rollback
     source = result.from_.snapshot_id if result.from_ else "-"
-    console.print(
-        f"  rollback of grype-db: {source} -> {result.to.snapshot_id} ({result.status})"
-    )
+    console.print(f"  rollback of grype-db: {source} -> {result.to.snapshot_id} ({result.status})")
     verification = await snapshots.verify_audit()
     console.print(f"  audit chain: {msgspec.to_builtins(verification)}")

@@ -524,16 +524,20 @@ class StreamConsumer:
         if not self.worker.uses_database:
             await self.worker.apply(None, [i.event for i in items])
             fresh = items
+        elif self.worker.writes_inbox:
+            # One statement writes the inbox rows and the effects: atomic on its own, so
+            # no explicit transaction and a single round trip per batch.
+            assert self.pool is not None
+            async with self.pool.acquire() as conn:
+                new_ids = set(
+                    await self.worker.apply_with_inbox(conn, self.group, [i.event for i in items])
+                )
+            fresh = _first_of_each(items, new_ids)
         else:
             assert self.pool is not None
             async with self.pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(_INBOX_SQL, self.group, [i.event.event_id for i in items])
-                new_ids = {r[0] for r in rows}
-                fresh = []
-                for item in items:
-                    if item.event.event_id in new_ids:
-                        new_ids.discard(item.event.event_id)
-                        fresh.append(item)
+                fresh = _first_of_each(items, {r[0] for r in rows})
                 if fresh:
                     await self.worker.apply(conn, [i.event for i in fresh])
         fresh_ids = {id(i) for i in fresh}
@@ -628,6 +632,17 @@ class StreamConsumer:
             child = metrics.EVENTS.labels(self.stream, self.group, type_label, outcome)
             self._children[key] = child
         return child
+
+
+def _first_of_each(items: list[_Item], new_ids: set[Any]) -> list[_Item]:
+    """Items whose event id the inbox saw for the first time; a second copy of the same
+    event within the batch is a duplicate."""
+    fresh = []
+    for item in items:
+        if item.event.event_id in new_ids:
+            new_ids.discard(item.event.event_id)
+            fresh.append(item)
+    return fresh
 
 
 def _type_label(raw: bytes | None) -> str:

@@ -19,42 +19,58 @@ if TYPE_CHECKING:
 
 Delivery = NotificationSent | NotificationFailed
 
-# The batch travels as one JSON array of the events themselves: PostgreSQL parses it
-# (on its own core) instead of the driver encoding fifteen typed arrays element by element.
+# One statement a batch, atomic on its own: it writes the inbox rows and the effects of
+# the events whose row is new. The batch travels as one JSON array of the events
+# themselves: PostgreSQL parses it (on its own core) instead of the driver encoding
+# fifteen typed arrays element by element.
 # DISTINCT ON keeps the row each delivery must converge to; ON CONFLICT only lets a
 # later attempt (or a success at the same attempt) replace what is stored.
 _UPSERT = """
-INSERT INTO notify.delivery_log AS d (
-    delivery_id, tenant_id, rule_id, channel_id, channel_type, event_id, status, attempt,
-    delivered_at, failed_at, status_code, error, retryable, latency_ms, last_event_id
+WITH batch AS (
+    SELECT * FROM json_to_recordset($2::text::json) AS x(
+        "deliveryId" uuid, "tenantId" uuid, "ruleId" uuid, "channelId" uuid,
+        "channelType" text, "sourceEventId" uuid, type text, attempt int,
+        "sentAt" timestamptz, "failedAt" timestamptz, "statusCode" int, error text,
+        retryable bool, "latencyMs" int, "eventId" uuid
+    )
+),
+inbox AS (
+    INSERT INTO fleet.inbox (event_id, group_name)
+    SELECT DISTINCT "eventId", $1 FROM batch
+    ORDER BY 1  -- one lock order for every batch: concurrent batches cannot deadlock
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+upsert AS (
+    INSERT INTO notify.delivery_log AS d (
+        delivery_id, tenant_id, rule_id, channel_id, channel_type, event_id, status,
+        attempt, delivered_at, failed_at, status_code, error, retryable, latency_ms,
+        last_event_id
+    )
+    SELECT DISTINCT ON (x."deliveryId")
+        x."deliveryId", x."tenantId", x."ruleId", x."channelId", x."channelType",
+        x."sourceEventId",
+        CASE x.type WHEN 'notification.sent' THEN 'sent' ELSE 'failed' END,
+        x.attempt, x."sentAt", x."failedAt", x."statusCode",
+        CASE x.type WHEN 'notification.failed' THEN x.error END,
+        CASE x.type WHEN 'notification.failed' THEN x.retryable END,
+        x."latencyMs", x."eventId"
+    FROM batch AS x JOIN inbox ON inbox.event_id = x."eventId"
+    ORDER BY x."deliveryId", x.attempt DESC, (x.type = 'notification.sent') DESC
+    ON CONFLICT (delivery_id) DO UPDATE SET
+        status = EXCLUDED.status,
+        attempt = EXCLUDED.attempt,
+        delivered_at = COALESCE(EXCLUDED.delivered_at, d.delivered_at),
+        failed_at = COALESCE(EXCLUDED.failed_at, d.failed_at),
+        status_code = EXCLUDED.status_code,
+        error = EXCLUDED.error,
+        retryable = EXCLUDED.retryable,
+        latency_ms = EXCLUDED.latency_ms,
+        last_event_id = EXCLUDED.last_event_id,
+        recorded_at = now()
+    WHERE (EXCLUDED.attempt, EXCLUDED.status = 'sent') > (d.attempt, d.status = 'sent')
 )
-SELECT DISTINCT ON (x."deliveryId")
-    x."deliveryId", x."tenantId", x."ruleId", x."channelId", x."channelType",
-    x."sourceEventId",
-    CASE x.type WHEN 'notification.sent' THEN 'sent' ELSE 'failed' END,
-    x.attempt, x."sentAt", x."failedAt", x."statusCode",
-    CASE x.type WHEN 'notification.failed' THEN x.error END,
-    CASE x.type WHEN 'notification.failed' THEN x.retryable END,
-    x."latencyMs", x."eventId"
-FROM json_to_recordset($1::text::json) AS x(
-    "deliveryId" uuid, "tenantId" uuid, "ruleId" uuid, "channelId" uuid, "channelType" text,
-    "sourceEventId" uuid, type text, attempt int, "sentAt" timestamptz,
-    "failedAt" timestamptz, "statusCode" int, error text, retryable bool, "latencyMs" int,
-    "eventId" uuid
-)
-ORDER BY x."deliveryId", x.attempt DESC, (x.type = 'notification.sent') DESC
-ON CONFLICT (delivery_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    attempt = EXCLUDED.attempt,
-    delivered_at = COALESCE(EXCLUDED.delivered_at, d.delivered_at),
-    failed_at = COALESCE(EXCLUDED.failed_at, d.failed_at),
-    status_code = EXCLUDED.status_code,
-    error = EXCLUDED.error,
-    retryable = EXCLUDED.retryable,
-    latency_ms = EXCLUDED.latency_ms,
-    last_event_id = EXCLUDED.last_event_id,
-    recorded_at = now()
-WHERE (EXCLUDED.attempt, EXCLUDED.status = 'sent') > (d.attempt, d.status = 'sent')
+SELECT event_id FROM inbox
 """
 
 _encoder = msgspec.json.Encoder()
@@ -79,10 +95,13 @@ class NotifyDeliveryWorker(Worker):
     name: ClassVar[str] = "notify-delivery"
     stream: ClassVar[str] = "notify:delivery"
     event_types: ClassVar[tuple[type[Event], ...]] = (NotificationSent, NotificationFailed)
+    writes_inbox: ClassVar[bool] = True
 
-    async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
-        assert conn is not None
-        await conn.execute(_UPSERT, _encoder.encode(events).decode())
+    async def apply_with_inbox(
+        self, conn: DbConn, group: str, events: Sequence[Event]
+    ) -> list[uuid.UUID]:
+        rows = await conn.fetch(_UPSERT, group, _encoder.encode(events).decode())
+        return [r[0] for r in rows]
 
     async def after_commit(self, events: Sequence[Event]) -> None:
         counts: Counter[tuple[str, str]] = Counter()
