@@ -1,0 +1,103 @@
+"""Shared pieces of the benchmarks: a private embedded stack, the bare baseline loop, and
+timing a worker through the runtime. Benchmarks print figures and assert nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from contracts import Event
+from workers import streams
+from workers.base import Worker
+from workers.db import DbConn, load_migrations, migrate, schema_dir
+from workers.embedded import start_postgres, start_valkey
+from workers.runtime import StreamConsumer
+
+
+@contextlib.asynccontextmanager
+async def bench_stack() -> AsyncIterator[tuple[str, str]]:
+    """Embedded Valkey (no fsync) and PostgreSQL with a migrated ``bench`` database:
+    yields (valkey_url, database_url) and removes everything afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="streamfleet-bench-"))
+    # PostgreSQL runs as an unprivileged user when this runs as root.
+    os.chmod(folder, 0o755)
+    valkey = start_valkey(folder / "valkey", appendfsync="no")
+    pg, pg_url = start_postgres(folder / "pg")
+    try:
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute("DROP DATABASE IF EXISTS bench")
+        await conn.execute("CREATE DATABASE bench")
+        await conn.close()
+        url = pg_url.replace("/postgres?", "/bench?")
+        conn = await asyncpg.connect(url)
+        await migrate(conn, load_migrations(schema_dir()))
+        await conn.close()
+        yield valkey.connection_url, url
+    finally:
+        valkey.stop()
+        pg.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def noop_worker(stream: str, types: tuple[type[Event], ...]) -> type[Worker]:
+    """A worker class for ``stream`` whose handler does nothing and uses no database."""
+
+    class NoOp(Worker):
+        name: ClassVar[str] = "noop"
+        event_types: ClassVar[tuple[type[Event], ...]] = types
+        uses_database: ClassVar[bool] = False
+
+        async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
+            return None
+
+    NoOp.stream = stream
+    return NoOp
+
+
+async def bare_loop(client: Any, stream: str, total: int, batch: int) -> float:
+    """(a) ``XREADGROUP COUNT batch`` + msgspec decode + ``XACK``: events/s."""
+    await streams.ensure_group(client, stream, "bare")
+    decoder = msgspec.json.Decoder()
+    seen = 0
+    started = time.perf_counter()
+    while seen < total:
+        reply = await client.xreadgroup("bare", "b1", {stream: ">"}, count=batch, block=1000)
+        if not reply:
+            continue
+        entries = reply[0][1]
+        for _, fields in entries:
+            decoder.decode(fields[b"data"])
+        await client.xack(stream, "bare", *[e[0] for e in entries])
+        seen += len(entries)
+    return total / (time.perf_counter() - started)
+
+
+async def through_runtime(worker: Worker, client: Any, total: int) -> float:
+    """Run ``worker`` as one consumer until its group read and acknowledged ``total``."""
+    await streams.ensure_group(client, worker.stream, worker.group)
+    consumer = StreamConsumer(worker, "r1")
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer.run())
+    while True:
+        groups = await client.xinfo_groups(worker.stream)
+        info = {g["name"]: g for g in groups}[worker.group.encode()]
+        if int(info["entries-read"] or 0) >= total and int(info["pending"]) == 0:
+            break
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    consumer.stop()
+    await task
+    return total / elapsed
