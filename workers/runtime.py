@@ -148,6 +148,8 @@ class StreamConsumer:
         self._children: dict[tuple[str, str], Any] = {}
         self._log = log.bind(stream=self.stream, group=self.group, consumer=consumer)
         self.ready = asyncio.Event()
+        # One line per event outcome only at debug: building it costs more than the event.
+        self._debug = self.settings.log_level == "debug"
         self.processed_batches = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -545,6 +547,8 @@ class StreamConsumer:
             out.ack.append(item.entry_id)
             outcome = "ok" if id(item) in fresh_ids else "duplicate"
             out.counts[(item.type_label, outcome)] += 1
+            if self._debug:
+                self._log_event(item, outcome)
         if fresh:
             await self.worker.after_commit([i.event for i in fresh])
 
@@ -569,10 +573,16 @@ class StreamConsumer:
                     for entry_id, *_ in out.dead:
                         self._held.pop(entry_id, None)
                     break
-                for entry_id, _, reason, detail, _ in out.dead:
+                for entry_id, fields, reason, detail, _ in out.dead:
                     self._held.pop(entry_id, None)
                     metrics.DEAD_LETTERS.labels(self.stream, self.group, reason).inc()
-                    self._log.warning("event.dead_lettered", reason=reason, error=detail[:200])
+                    self._log.warning(
+                        "event.dead_lettered",
+                        entry_id=entry_id.decode(errors="replace"),
+                        type=_type_label(fields.get(b"type")),
+                        reason=reason,
+                        error=detail[:200],
+                    )
                 break
         if out.ack:
             self._acks.put_nowait(out.ack)
@@ -617,12 +627,25 @@ class StreamConsumer:
                 metrics.EVENT_HANDLE_SECONDS.labels(self.stream, self.group, type_label).observe(
                     per_event
                 )
-        self._log.debug(
+        self._log.info(
             "batch.handled",
             size=size,
             source=batch.source,
             seconds=round(elapsed, 6),
             outcomes={f"{t}:{o}": n for (t, o), n in out.counts.items()},
+        )
+
+    def _log_event(self, item: _Item, outcome: str) -> None:
+        event = item.event
+        self._log.debug(
+            "event.handled",
+            outcome=outcome,
+            entry_id=item.entry_id.decode(),
+            event_id=str(event.event_id),
+            type=item.type_label,
+            tenant_id=str(event.tenant_id),
+            correlation_id=event.correlation_id,
+            deliveries=item.deliveries,
         )
 
     def _child(self, type_label: str, outcome: str) -> Any:

@@ -437,3 +437,25 @@ async def test_hard_cap_does_not_count_entries_every_group_already_consumed(redi
     await streams.trim_stream(redis, STREAM, retention_days=7, max_len=5)
     assert await redis.xlen(STREAM) == 5
     assert metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM) - before == 5
+
+
+async def test_logs_one_line_per_batch_and_at_debug_one_per_event(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    from structlog.testing import capture_logs
+
+    events = _valid(19, 3)
+    worker = NotifyDeliveryWorker(resources(settings_for(log_level="debug"), redis, db))
+    with capture_logs() as logs:
+        async with running(worker):
+            await publish(redis, STREAM, events)
+            await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
+    handled = [e for e in logs if e["event"] == "event.handled"]
+    assert sorted(e["event_id"] for e in handled) == sorted(str(e.event_id) for e in events)
+    for line in handled:
+        assert line["outcome"] == "ok"
+        assert line["entry_id"] and line["tenant_id"] and line["type"].startswith("notification.")
+        assert line["stream"] == STREAM and line["group"] == GROUP and line["consumer"] == "c1"
+    batches = [e for e in logs if e["event"] == "batch.handled"]
+    assert batches and all(e["log_level"] == "info" for e in batches)
+    assert sum(e["size"] for e in batches) == 3
