@@ -82,10 +82,16 @@ async def open_resources(settings: Settings, *, need_s3: bool) -> AsyncIterator[
         try:
             resources = Resources(settings=settings, redis=redis, pool=pool)
             if need_s3:
-                from workers.s3 import open_s3
+                from workers.s3 import S3Error, open_s3
 
-                async with open_s3(settings) as s3:
-                    resources.s3 = s3
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        resources.s3 = await stack.enter_async_context(open_s3(settings))
+                    except S3Error as exc:
+                        raise ConfigError(
+                            f"{exc} (snapshot-retention needs S3: set FLEET_S3_ENDPOINT_URL "
+                            "and AWS credentials, or name only the stream workers to `fleet run`)"
+                        ) from None
                     yield resources
             else:
                 yield resources
