@@ -1,15 +1,19 @@
 """The scan-metrics worker: one set-based statement per batch.
 
-The batch is merged in Python to one row per scan (``rows.py``), sent as one JSON text
-parameter and parsed by PostgreSQL with ``json_to_recordset``. One statement upserts
-``scanner.scan_metrics`` keyed by ``scan_id`` and, for the scans whose outcome this batch
-decided, replaces their ``scanner.execution_phases`` keyed by ``(metrics_id,
-phase_order)``. The ``ON CONFLICT`` conditions repeat the precedence rules of
-``rows.py`` against the stored row, so the result is the same in any order.
+The batch is merged in Python to one row per scan (``rows.py``) and sent as JSON text
+parameters: the rows without their phases, the phases flat, and each phase's owner.
+One statement inserts the runtime's inbox rows (``writes_inbox``), upserts
+``scanner.scan_metrics`` keyed by ``scan_id`` for the events that are new and, for the
+scans whose outcome this batch decided, replaces their ``scanner.execution_phases``
+keyed by ``(metrics_id, phase_order)``. The ``ON CONFLICT`` conditions repeat the
+precedence rules of ``rows.py`` against the stored row, so the result is the same in any
+order. A batch holding several events of one scan takes the runtime's usual path
+instead (inbox first, then the merge of the new events, in one transaction).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -19,12 +23,12 @@ import msgspec
 import structlog
 
 from contracts import Event
-from contracts.scanner import ScanCompleted, ScanFailed, ScanSubmitted
+from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
 from workers import metrics
 from workers.base import Resources, Worker
 from workers.errors import Permanent
 from workers.scan_metrics import tte
-from workers.scan_metrics.rows import rows_for_batch
+from workers.scan_metrics.rows import ScanRow, rows_for_batch
 
 if TYPE_CHECKING:
     from workers.db import DbConn
@@ -82,37 +86,73 @@ _SUBMISSION_WINS: Final = """(EXCLUDED.submitted_at IS NOT NULL AND (s.submitted
        < (s.submitted_at, s.submitted_event_id)))"""
 # Artifact fields follow the outcome once there is one, else the submission.
 _ARTIFACT_WINS: Final = (
-    f"({_OUTCOME_WINS} OR (s.status = 'submitted' AND EXCLUDED.status = 'submitted' "
-    f"AND {_SUBMISSION_WINS}))"
+    "(w.o OR (s.status = 'submitted' AND EXCLUDED.status = 'submitted' AND w.sb))"
 )
 
 
-def _assign(columns: Sequence[tuple[str, str]], condition: str) -> list[str]:
-    return [f"{c} = CASE WHEN {condition} THEN EXCLUDED.{c} ELSE s.{c} END" for c, _ in columns]
+def _assignment() -> str:
+    """The ``DO UPDATE SET`` list: every merged column in one multiple-column assignment
+    whose sub-SELECT evaluates each precedence rule once (``w.o``: the outcome wins,
+    ``w.sb``: the submission wins) rather than once per column. It also keeps the
+    statement under asyncpg's statement-cache limit (15 KiB), so it is prepared and
+    planned once per connection instead of on every batch."""
+    groups = ((_ARTIFACT, _ARTIFACT_WINS), (_SUBMISSION, "w.sb"), (_OUTCOME, "w.o"))
+    targets = ", ".join(c for columns, _ in groups for c, _ in columns)
+    values = ",\n            ".join(
+        f"CASE WHEN {condition} THEN EXCLUDED.{c} ELSE s.{c} END"
+        for columns, condition in groups
+        for c, _ in columns
+    )
+    return f"""({targets}) = (
+        SELECT {values}
+        FROM (SELECT {_OUTCOME_WINS} AS o, {_SUBMISSION_WINS} AS sb) AS w
+    ),
+        updated_at = now()"""
 
 
-def _upsert_sql() -> str:
+def _upsert_sql(*, inbox: bool) -> str:
+    """The batch statement. ``$1``: the merged rows without their phases (JSON array);
+    ``$2``: the phases of every row, flat, in row order (JSON array); ``$3``: the
+    ``metrics_id`` each of those phases belongs to (JSON array, same length). With
+    ``inbox``, ``$4`` is the group: the statement also inserts the inbox rows, applies only
+    the rows whose event is new (one event per scan, so a row is new or not as a whole)
+    and returns the new event ids."""
     columns = [("metrics_id", "uuid"), ("scan_id", "uuid"), *_ARTIFACT, *_SUBMISSION, *_OUTCOME]
     names = ", ".join(c for c, _ in columns)
     record = ", ".join(f'"{_camel(c)}" {t}' for c, t in columns)
     selected = ", ".join(f'x."{_camel(c)}"' for c, _ in columns)
-    assignments = ",\n        ".join(
-        [
-            *_assign(_ARTIFACT, _ARTIFACT_WINS),
-            *_assign(_SUBMISSION, _SUBMISSION_WINS),
-            *_assign(_OUTCOME, _OUTCOME_WINS),
-            "updated_at = now()",
-        ]
-    )
+    assignments = _assignment()
+    if inbox:
+        head = f"""
+WITH batch AS (
+    SELECT * FROM json_to_recordset($1::text::json) AS x({record})
+),
+inbox AS (
+    INSERT INTO fleet.inbox (event_id, group_name)
+    SELECT COALESCE(b."outcomeEventId", b."submittedEventId"), $4 FROM batch AS b
+    ORDER BY 1  -- one lock order for every batch: concurrent batches cannot deadlock
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+x AS (
+    SELECT b.* FROM batch AS b
+    JOIN inbox ON inbox.event_id = COALESCE(b."outcomeEventId", b."submittedEventId")
+),"""
+        tail = "SELECT event_id FROM inbox"
+    else:
+        head = f"""
+WITH x AS (
+    SELECT * FROM json_to_recordset($1::text::json) AS x({record})
+),"""
+        tail = "SELECT"
     # ``won``: scans whose outcome this statement wrote (the stored outcome_event_id is now
     # the batch's); their phases become exactly the winning event's. A row this statement
     # inserted (xmax = 0) has no phases yet: a plain INSERT. Otherwise orders the winner
     # does not have are deleted and the others upserted. Phase rows need no ORDER BY: the
     # scan row's lock, taken above in scan_id order, already serializes writers of a scan.
-    return f"""
-WITH x AS (
-    SELECT * FROM json_to_recordset($1::text::json) AS x({record}, phases json)
-),
+    # The phases come flat with their owners beside them (ROWS FROM zips the two), so
+    # PostgreSQL parses each phase once instead of a nested array per scan.
+    return f"""{head}
 m AS (
     INSERT INTO scanner.scan_metrics AS s ({names})
     SELECT {selected} FROM x ORDER BY x."scanId"
@@ -122,15 +162,22 @@ m AS (
     RETURNING s.metrics_id, s.outcome_event_id, (s.xmax = 0) AS inserted
 ),
 won AS (
-    SELECT m.metrics_id, m.inserted, x.phases
+    SELECT m.metrics_id, m.inserted
     FROM x JOIN m ON m.metrics_id = x."metricsId" AND m.outcome_event_id = x."outcomeEventId"
 ),
 p AS (
     SELECT won.metrics_id, won.inserted, ph.*
-    FROM won CROSS JOIN LATERAL json_to_recordset(won.phases) AS ph(
-        name text, "order" int, "startedAt" timestamptz, "finishedAt" timestamptz,
-        success boolean, "errorCode" text, "errorMessage" text, metrics jsonb
+    FROM ROWS FROM (
+        jsonb_to_recordset($2::text::jsonb) AS (
+            name text, "order" int, "startedAt" timestamptz, "finishedAt" timestamptz,
+            success boolean, "errorCode" text, "errorMessage" text, metrics jsonb
+        ),
+        json_array_elements_text($3::text::json)
+    ) AS ph(
+        name, "order", "startedAt", "finishedAt", success, "errorCode", "errorMessage",
+        metrics, owner
     )
+    JOIN won ON won.metrics_id = ph.owner::uuid
 ),
 gone AS (
     DELETE FROM scanner.execution_phases e
@@ -144,17 +191,20 @@ gone AS (
 fresh AS (
     INSERT INTO scanner.execution_phases ({_PHASE_COLUMNS})
     SELECT {_PHASE_VALUES} FROM p WHERE p.inserted
+),
+kept AS (
+    INSERT INTO scanner.execution_phases AS e ({_PHASE_COLUMNS})
+    SELECT {_PHASE_VALUES} FROM p WHERE NOT p.inserted
+    ON CONFLICT (metrics_id, phase_order) DO UPDATE SET
+        phase_name = EXCLUDED.phase_name,
+        started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at,
+        success = EXCLUDED.success,
+        error_code = EXCLUDED.error_code,
+        error_message = EXCLUDED.error_message,
+        phase_metrics = EXCLUDED.phase_metrics
 )
-INSERT INTO scanner.execution_phases AS e ({_PHASE_COLUMNS})
-SELECT {_PHASE_VALUES} FROM p WHERE NOT p.inserted
-ON CONFLICT (metrics_id, phase_order) DO UPDATE SET
-    phase_name = EXCLUDED.phase_name,
-    started_at = EXCLUDED.started_at,
-    finished_at = EXCLUDED.finished_at,
-    success = EXCLUDED.success,
-    error_code = EXCLUDED.error_code,
-    error_message = EXCLUDED.error_message,
-    phase_metrics = EXCLUDED.phase_metrics
+{tail}
 """
 
 
@@ -167,16 +217,76 @@ _PHASE_VALUES: Final = (
     'p."errorCode", p."errorMessage", COALESCE(p.metrics, \'{}\'::jsonb)'
 )
 
+_INBOX_SQL: Final = """
+INSERT INTO fleet.inbox (event_id, group_name)
+SELECT e, $1 FROM unnest($2::uuid[]) AS e
+ORDER BY e  -- one lock order for every batch: concurrent batches cannot deadlock
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
 
-UPSERT_SQL: Final = _upsert_sql()
+UPSERT_SQL: Final = _upsert_sql(inbox=False)
+UPSERT_WITH_INBOX_SQL: Final = _upsert_sql(inbox=True)
 
 _encoder = msgspec.json.Encoder()
+_NO_PHASES: Final[list[Phase]] = []
+
+
+def _parameters(rows: Sequence[ScanRow]) -> tuple[str, str, str]:
+    """``$1``-``$3`` of the batch statement: the rows without phases, the phases flat, and
+    the owner of each phase."""
+    slim: list[ScanRow] = []
+    phases: list[Phase] = []
+    owners: list[uuid.UUID] = []
+    for row in rows:
+        if row.phases:
+            phases.extend(row.phases)
+            owners.extend([row.metrics_id] * len(row.phases))
+            row = msgspec.structs.replace(row, phases=_NO_PHASES)
+        slim.append(row)
+    return (
+        _encoder.encode(slim).decode(),
+        _encoder.encode(phases).decode(),
+        _encoder.encode(owners).decode(),
+    )
+
+
+def _unstorable(exc: asyncpg.UntranslatableCharacterError) -> Permanent:
+    # validate() refuses NUL characters where it looks; anything it missed lands here. In
+    # a batch the runtime retries event by event, so only the culprit is dead-lettered.
+    return Permanent("invalid_event", f"cannot be stored: {exc}")
+
+
+async def _execute(conn: DbConn, sql: str, parameters: tuple[str, ...]) -> None:
+    try:
+        await conn.execute(sql, *parameters)
+    except asyncpg.UntranslatableCharacterError as exc:
+        raise _unstorable(exc) from None
+
+
+async def _fetch(conn: DbConn, sql: str, parameters: tuple[str, ...], group: str) -> list[Any]:
+    try:
+        return await conn.fetch(sql, *parameters, group)
+    except asyncpg.UntranslatableCharacterError as exc:
+        raise _unstorable(exc) from None
+
+
+def _first_of_each(events: Sequence[Event], new: set[uuid.UUID]) -> list[Event]:
+    """The events whose inbox row is new, each once (a second copy is a duplicate)."""
+    left = set(new)
+    fresh = []
+    for event in events:
+        if event.event_id in left:
+            left.discard(event.event_id)
+            fresh.append(event)
+    return fresh
 
 
 class ScanMetricsWorker(Worker):
     name: ClassVar[str] = "scan-metrics"
     stream: ClassVar[str] = "scanner:events"
     event_types: ClassVar[tuple[type[Event], ...]] = (ScanSubmitted, ScanCompleted, ScanFailed)
+    writes_inbox: ClassVar[bool] = True
 
     def __init__(self, resources: Resources, *, group: str | None = None) -> None:
         super().__init__(resources, group=group)
@@ -198,13 +308,27 @@ class ScanMetricsWorker(Worker):
     async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
         assert conn is not None
         rows = rows_for_batch(events)  # type: ignore[arg-type]  # event_types admits scanner events only
-        try:
-            await conn.execute(UPSERT_SQL, _encoder.encode(rows).decode())
-        except asyncpg.UntranslatableCharacterError as exc:
-            # validate() refuses NUL characters where it looks; anything it missed lands
-            # here. In a batch the runtime retries event by event, so only the culprit
-            # is dead-lettered.
-            raise Permanent("invalid_event", f"cannot be stored: {exc}") from None
+        await _execute(conn, UPSERT_SQL, _parameters(rows))
+
+    async def apply_with_inbox(
+        self, conn: DbConn, group: str, events: Sequence[Event]
+    ) -> list[uuid.UUID]:
+        rows = rows_for_batch(events)  # type: ignore[arg-type]  # event_types admits scanner events only
+        if len(rows) == len(events):
+            # One event per scan (the common case): each row stands or falls with its one
+            # event's inbox row, so a single statement writes both.
+            return [
+                r[0] for r in await _fetch(conn, UPSERT_WITH_INBOX_SQL, _parameters(rows), group)
+            ]
+        # Several events of a scan in the batch: the row must merge only those that are
+        # new, which is known only after the inbox insert. Inbox, then effects, in one
+        # transaction.
+        async with conn.transaction():
+            new = {r[0] for r in await conn.fetch(_INBOX_SQL, group, [e.event_id for e in events])}
+            if new:
+                fresh = _first_of_each(events, new)
+                await _execute(conn, UPSERT_SQL, _parameters(rows_for_batch(fresh)))  # type: ignore[arg-type]  # as above
+        return list(new)
 
     async def after_commit(self, events: Sequence[Event]) -> None:
         """Count each outcome event the group saw for the first time.
