@@ -29,23 +29,19 @@ async def pending(redis: Any, stream: str = STREAM, group: str = GROUP) -> int:
     return int((await redis.xpending(stream, group))["pending"])
 
 
+def _counted(outcome: str) -> float:
+    """``fleet_events_total`` for both notification types with ``outcome``."""
+    return sum(
+        metric("fleet_events_total", stream=STREAM, group=GROUP, type=t, outcome=outcome)
+        for t in ("notification.sent", "notification.failed")
+    )
+
+
 async def test_each_event_recorded_once_even_when_published_twice(
     redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
     events = list(workload.notification_events(10_000, seed=11))
-    before_dup = metric(
-        "fleet_events_total",
-        stream=STREAM,
-        group=GROUP,
-        type="notification.sent",
-        outcome="duplicate",
-    ) + metric(
-        "fleet_events_total",
-        stream=STREAM,
-        group=GROUP,
-        type="notification.failed",
-        outcome="duplicate",
-    )
+    before_dup = _counted("duplicate")
     worker = NotifyDeliveryWorker(resources(settings_for(), redis, db))
     async with running(worker):
         await publish(redis, STREAM, events)
@@ -55,19 +51,7 @@ async def test_each_event_recorded_once_even_when_published_twice(
             lambda: _lag_zero_and_nothing_pending(redis), timeout=120, what="second copy consumed"
         )
     assert await rows(db) == 10_000
-    after_dup = metric(
-        "fleet_events_total",
-        stream=STREAM,
-        group=GROUP,
-        type="notification.sent",
-        outcome="duplicate",
-    ) + metric(
-        "fleet_events_total",
-        stream=STREAM,
-        group=GROUP,
-        type="notification.failed",
-        outcome="duplicate",
-    )
+    after_dup = _counted("duplicate")
     assert after_dup - before_dup == 10_000
     assert await redis.xlen(DLQ) == 0
 
