@@ -443,3 +443,25 @@ async def test_logs_one_line_per_batch_and_at_debug_one_per_event(
     batches = [e for e in logs if e["event"] == "batch.handled"]
     assert batches and all(e["log_level"] == "info" for e in batches)
     assert sum(e["size"] for e in batches) == 3
+
+
+async def test_entries_held_in_memory_stay_bounded_whatever_the_backlog(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    class Brief(Slow):
+        seconds: ClassVar[float] = 0.05
+
+    settings = settings_for(batch_size=50, prefetch_batches=1, concurrency=2)
+    bound = (settings.prefetch_batches + 2 * settings.concurrency) * settings.batch_size
+    await publish(redis, STREAM, _valid(20, 3000))
+    worker = Brief(resources(settings, redis, db))
+    most = 0
+    async with running(worker) as consumer:
+
+        async def done() -> bool:
+            nonlocal most
+            most = max(most, len(consumer._held))
+            return await rows(db) == 3000
+
+        await poll(done, timeout=60, what="the backlog handled")
+    assert 0 < most <= bound
