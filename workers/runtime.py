@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,13 +144,11 @@ class StreamConsumer:
         self._held: dict[bytes, None] = {}
         self._stopping = asyncio.Event()
         self._hard_stop = False
-        self._tasks: list[asyncio.Task[None]] = []
         self._children: dict[tuple[str, str], Any] = {}
         self._log = log.bind(stream=self.stream, group=self.group, consumer=consumer)
         self.ready = asyncio.Event()
         # One line per event outcome only at debug: building it costs more than the event.
         self._debug = self.settings.log_level == "debug"
-        self.processed_batches = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -174,7 +172,6 @@ class StreamConsumer:
             asyncio.create_task(self._maintenance(), name="maintenance"),
             asyncio.create_task(self.worker.background(), name="worker-background"),
         ]
-        self._tasks = [*readers, *processors, acker, *helpers]
         self.ready.set()
         try:
             await self._stopping.wait()
@@ -392,7 +389,6 @@ class StreamConsumer:
                 self._log.error("batch.crashed", error=_text(exc), size=len(batch.entries))
                 for entry_id, _ in batch.entries:
                     self._held.pop(entry_id, None)
-            self.processed_batches += 1
 
     async def process(self, batch: Batch) -> None:
         """Handle one batch: decode, apply, commit, acknowledge, dead-letter, count."""
@@ -675,7 +671,3 @@ def _type_label(raw: bytes | None) -> str:
         return "unknown"
     name = raw.decode(errors="replace")
     return name if event_class(name) is not None else "unknown"
-
-
-def entry_ids(entries: Iterable[tuple[bytes, Any]]) -> list[bytes]:
-    return [e[0] for e in entries]
