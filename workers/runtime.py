@@ -166,9 +166,10 @@ class StreamConsumer:
             for i in range(self.settings.concurrency)
         ]
         acker = asyncio.create_task(self._acker(), name=f"acker:{self.stream}")
+        # Keeps held entries fresh until the drain below has finished with them.
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         helpers = [
             asyncio.create_task(self._reclaimer(), name="reclaimer"),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
             asyncio.create_task(self.worker.background(), name="worker-background"),
         ]
@@ -192,7 +193,8 @@ class StreamConsumer:
             for task in ack_pending:
                 task.cancel()
             done |= ack_done
-            await asyncio.gather(*helpers, *ack_pending, return_exceptions=True)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, *helpers, *ack_pending, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     self._log.error("consumer.task_failed", error=_text(task.exception()))  # type: ignore[arg-type]  # checked not None just above
@@ -220,6 +222,17 @@ class StreamConsumer:
     async def _reader(self, index: int) -> None:
         """Reader 0 drains this consumer's own pending list first; then every reader reads
         new entries (several reads in flight keep the server busy while we decode)."""
+        try:
+            await self._read(index)
+        finally:
+            # Whatever ended this reader, the others and the processors must not wait on it.
+            self._drained.set()
+            self._readers_left -= 1
+            if self._readers_left == 0:
+                for _ in range(self.settings.concurrency):
+                    await self._queue.put(None)
+
+    async def _read(self, index: int) -> None:
         backoff = 0.1
         drained_own = index != 0
         if index != 0:
@@ -256,7 +269,13 @@ class StreamConsumer:
                     # The stream or group was deleted under us (e.g. by an operator): recreate.
                     await streams.ensure_group(self.redis, self.stream, self.group)
                     continue
-                raise
+                # Refused (e.g. an ACL change): keep trying, loudly, rather than stop reading
+                # for good while the process still looks healthy.
+                self._log.error("stream.read_refused", error=_text(exc), retry_in=backoff)
+                if await self._pause(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+                continue
             except _REDIS_ERRORS as exc:
                 self._log.warning("valkey.unavailable", error=_text(exc), retry_in=backoff)
                 if await self._pause(backoff):
@@ -265,11 +284,6 @@ class StreamConsumer:
                 continue
             if reply:
                 await self._enqueue(Batch(reply[0][1]))
-        self._drained.set()  # never leave the other readers waiting on a stopped drain
-        self._readers_left -= 1
-        if self._readers_left == 0:
-            for _ in range(self.settings.concurrency):
-                await self._queue.put(None)
 
     async def _enqueue(self, batch: Batch) -> None:
         for entry_id, _ in batch.entries:
@@ -318,7 +332,8 @@ class StreamConsumer:
         """Keep entries this consumer holds from looking idle to other consumers."""
         interval = max(self.idle_ms / 3000, 0.05)
         min_idle = int(interval * 500)
-        while not await self._pause(interval):
+        while True:  # also during the shutdown drain; cancelled once it is over
+            await asyncio.sleep(interval)
             held: list[Any] = list(self._held)
             if not held:
                 continue

@@ -465,3 +465,26 @@ async def test_entries_held_in_memory_stay_bounded_whatever_the_backlog(
 
         await poll(done, timeout=60, what="the backlog handled")
     assert 0 < most <= bound
+
+
+async def test_entries_stay_claimed_while_a_stopping_consumer_drains(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    from workers.runtime import StreamConsumer
+
+    Slow.calls = []
+    slow = StreamConsumer(
+        Slow(resources(settings_for(reclaim_idle_seconds=0.5, batch_size=5), redis, db)), "slow"
+    )
+    other = NotifyDeliveryWorker(resources(settings_for(reclaim_idle_seconds=0.5), redis, db))
+    before = metric("fleet_reclaimed_total", stream=STREAM, group=GROUP)
+    slow_task = asyncio.create_task(slow.run())
+    await asyncio.wait_for(slow.ready.wait(), timeout=10)
+    await publish(redis, STREAM, _valid(21, 5))
+    await poll(lambda: _truthy(len(Slow.calls) > 0), what="the slow handler started")
+    async with running(other, "eager"):
+        slow.stop()  # mid-batch: the drain outlives the idle time
+        await asyncio.wait_for(slow_task, timeout=30)
+        await poll(lambda: _equals(rows(db), 5), timeout=30, what="rows")
+    assert metric("fleet_reclaimed_total", stream=STREAM, group=GROUP) == before
+    assert await pending(redis) == 0
