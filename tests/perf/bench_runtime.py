@@ -19,29 +19,25 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.perf.harness import bare_loop, bench_stack, noop_worker, through_runtime
+from tests.perf.harness import (
+    bare_loop,
+    bench_settings,
+    bench_stack,
+    noop_worker,
+    through_runtime,
+)
 from workers import workload
 from workers.base import Resources
 from workers.db import create_pool
 from workers.demo import publish
 from workers.notify_delivery import NotifyDeliveryWorker
-from workers.settings import load_settings
 
 STREAM = "notify:delivery"
 
 
 async def main(total: int, batch: int, concurrency: int) -> None:
     async with bench_stack() as (valkey_url, database_url):
-        settings = load_settings(
-            {},
-            valkey_url=valkey_url,
-            database_url=database_url,
-            batch_size=batch,
-            block_ms=100,
-            http_port=0,
-            maintenance_interval_seconds=60,
-            concurrency=concurrency,
-        )
+        settings = bench_settings(valkey_url, database_url, batch, concurrency)
         client = aioredis.Redis.from_url(valkey_url, decode_responses=False)
         await publish(client, STREAM, workload.notification_events(total, seed=99))
         print(f"events: {total}, batch: {batch}, concurrency: {concurrency}")

@@ -25,6 +25,7 @@ from workers.base import Worker
 from workers.db import DbConn, load_migrations, migrate, schema_dir
 from workers.embedded import start_postgres, start_valkey
 from workers.runtime import StreamConsumer
+from workers.settings import Settings, load_settings
 
 
 @contextlib.asynccontextmanager
@@ -50,6 +51,20 @@ async def bench_stack() -> AsyncIterator[tuple[str, str]]:
         valkey.stop()
         pg.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench_settings(valkey_url: str, database_url: str, batch: int, concurrency: int) -> Settings:
+    """The settings every benchmark runs the runtime with (no HTTP, rare maintenance)."""
+    return load_settings(
+        {},
+        valkey_url=valkey_url,
+        database_url=database_url,
+        batch_size=batch,
+        block_ms=100,
+        http_port=0,
+        maintenance_interval_seconds=60,
+        concurrency=concurrency,
+    )
 
 
 def noop_worker(stream: str, types: tuple[type[Event], ...]) -> type[Worker]:
