@@ -7,7 +7,7 @@ so an SRE can see exactly what runs against the server.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -410,38 +410,57 @@ class DeadLetter:
         return {k: v for k, v in self.fields.items() if not k.startswith(DLQ_PREFIX)}
 
 
+async def _dlq_pages(
+    client: aioredis.Redis, stream: str, page: int = 500
+) -> AsyncIterator[list[DeadLetter]]:
+    """``XRANGE <stream>:dlq (<last> + COUNT page`` until the end, oldest first."""
+    cursor = "-"
+    while True:
+        rows: Any = await client.xrange(dlq_name(stream), cursor, "+", count=page)
+        if not rows:
+            return
+        yield [DeadLetter(_s(eid), {_s(k): v for k, v in f.items()}) for eid, f in rows]
+        cursor = f"({_s(rows[-1][0])}"
+
+
 async def dlq_entries(
     client: aioredis.Redis, stream: str, *, count: int = 100, reason: str | None = None
 ) -> list[DeadLetter]:
-    """``XRANGE <stream>:dlq - + COUNT n``, optionally filtered by reason."""
-    rows: Any = await client.xrange(dlq_name(stream), "-", "+", count=count)
-    found = [DeadLetter(_s(eid), {_s(k): v for k, v in fields.items()}) for eid, fields in rows]
-    if reason is not None:
-        found = [d for d in found if d.reason == reason]
-    return found
+    """The first ``count`` dead letters (with ``reason``, when given), oldest first."""
+    found: list[DeadLetter] = []
+    async for page in _dlq_pages(client, stream):
+        found.extend(d for d in page if reason is None or d.reason == reason)
+        if len(found) >= count:
+            break
+    return found[:count]
 
 
 async def dlq_replay(
     client: aioredis.Redis, stream: str, ids: Sequence[str] | None, *, reason: str | None = None
 ) -> int:
     """Put dead letters back on their stream: ``MULTI; XADD stream <original fields>;
-    XDEL <stream>:dlq id; EXEC`` for each, so an entry is never both or neither."""
+    XDEL <stream>:dlq id; EXEC`` for each, so an entry is never both or neither.
+
+    The whole dead-letter stream is paged through, so a filter by ids or reason finds
+    matches however far back they are.
+    """
+    wanted = set(ids) if ids is not None else None
     replayed = 0
-    while True:
-        batch = await dlq_entries(client, stream, count=500, reason=reason)
-        if ids is not None:
-            wanted = set(ids)
-            batch = [d for d in batch if d.id in wanted]
+    async for page in _dlq_pages(client, stream):
+        batch = [
+            d
+            for d in page
+            if (wanted is None or d.id in wanted) and (reason is None or d.reason == reason)
+        ]
         if not batch:
-            return replayed
+            continue
         async with client.pipeline(transaction=True) as pipe:
             for dead in batch:
                 pipe.xadd(stream, dead.original_fields())  # type: ignore[arg-type]  # str keys, bytes values are valid fields
                 pipe.xdel(dlq_name(stream), dead.id)
             await pipe.execute()
         replayed += len(batch)
-        if ids is not None:
-            return replayed
+    return replayed
 
 
 async def dlq_purge(client: aioredis.Redis, stream: str, ids: Sequence[str] | None = None) -> int:

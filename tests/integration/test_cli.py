@@ -117,3 +117,20 @@ async def test_consumers_prune_moves_work_to_a_live_consumer(
     assert len(pending) == 4
     names = {c["name"] for c in await real_redis.xinfo_consumers(STREAM, "notify-workers")}
     assert b"dead" not in names
+
+
+async def test_dlq_replay_by_reason_finds_matches_past_the_first_page(
+    real_redis: Any, valkey_url: str
+) -> None:
+    for i in range(1200):
+        reason = b"max_deliveries" if i >= 1100 else b"invalid_event"
+        await real_redis.xadd(
+            f"{STREAM}:dlq", {"type": b"notification.sent", "data": b"%d" % i, "dlq.reason": reason}
+        )
+    env = {"FLEET_VALKEY_URL": valkey_url}
+    result = fleet_cli(env, "dlq", "replay", STREAM, "--reason", "max_deliveries")
+    assert result.returncode == 0, result.stderr.decode()
+    assert await real_redis.xlen(STREAM) == 100
+    assert await real_redis.xlen(f"{STREAM}:dlq") == 1100
+    listed = fleet_cli(env, "dlq", "list", STREAM, "--reason", "invalid_event", "--count", "5")
+    assert listed.stdout.decode().count("invalid_event") == 5
