@@ -22,7 +22,7 @@ from workers.base import Resources, Worker
 from workers.db import create_pool
 from workers.errors import ConfigError
 from workers.http import OpsServer
-from workers.runtime import StreamConsumer
+from workers.runtime import StreamConsumer, tune_gc
 from workers.settings import Settings
 
 log = structlog.get_logger("workers.app")
@@ -162,6 +162,7 @@ class Fleet:
                     self.services.append(service)
                     extra_routes.extend(getattr(service, "routes", list)())
                     tasks.append(asyncio.create_task(service.run(self.stopping), name=cls.name))
+            tune_gc()
             checks = _checks(resources)
             self.server = OpsServer(
                 resources, status=self.status, checks=checks, extra_routes=extra_routes

@@ -7,6 +7,10 @@ type, tool. Tenant ids and event ids are never labels.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -118,6 +122,38 @@ SNAPSHOT_RETENTION_ACTIONS = Counter(
 SNAPSHOT_ROLLBACKS = Counter(
     "fleet_snapshot_rollbacks_total", "Snapshot rollbacks, by trigger.", ["trigger"]
 )
+
+
+def observe_many(histogram: Any, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one increment per bucket touched and
+    one of the sum instead of a locked increment per value: workers observe whole batches
+    (a batch of 500 scans is 3,500 observations).
+
+    ``histogram`` is an unlabelled histogram or a labelled child. Values are finite (the
+    workers observe durations). Reads the client's bucket bounds; a client without them
+    gets the plain per-value calls."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total_value = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total_value is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    total = 0.0
+    seen = False
+    for value in values:
+        # The first bound not below the value: observe's ``value <= bound``; +Inf is last.
+        counts[bisect.bisect_left(bounds, value)] += 1
+        total += value
+        seen = True
+    if not seen:
+        return
+    total_value.inc(total)
+    for index, n in enumerate(counts):
+        if n:
+            buckets[index].inc(n)
+
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,12 @@ DELETE FROM fleet.inbox WHERE ctid = ANY(ARRAY(
 ))
 """
 
+# Young-generation collections every GC_YOUNG_THRESHOLD tracked allocations instead of
+# CPython's 700: a batch of 500 events allocates thousands of short-lived objects (structs,
+# UUIDs, reply lists) that reference counting frees, and collecting every 700 of them
+# spent more time than decoding them.
+GC_YOUNG_THRESHOLD = 50_000
+
 _REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
 _MAX_ERROR_TEXT = 500
 
@@ -81,6 +88,20 @@ class _Known:
     label: str
     decoder: msgspec.json.Decoder[Any]
     versions: frozenset[int]
+
+
+def tune_gc() -> None:
+    """Set this process up for consuming: called once, after start-up (imports, pools,
+    workers) and before the first read.
+
+    Everything alive at that point lives as long as the process, so it is moved out of
+    the collector's view (``gc.freeze``) instead of being traversed by every full
+    collection, and young collections run far less often (``GC_YOUNG_THRESHOLD``).
+    Reference cycles are still collected; memory stays bounded by the batch limits."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _decode_failure(cls: type[Event], data: bytes) -> tuple[str, str]:
@@ -553,13 +574,17 @@ class StreamConsumer:
                 fresh = _first_of_each(items, {r[0] for r in rows})
                 if fresh:
                     await self.worker.apply(conn, [i.event for i in fresh])
-        fresh_ids = {id(i) for i in fresh}
-        for item in items:
-            out.ack.append(item.entry_id)
-            outcome = "ok" if id(item) in fresh_ids else "duplicate"
-            out.counts[(item.type_label, outcome)] += 1
-            if self._debug:
-                self._log_event(item, outcome)
+        out.ack.extend([item.entry_id for item in items])
+        if len(fresh) == len(items) and not self._debug:
+            for label, n in collections.Counter([item.type_label for item in items]).items():
+                out.counts[(label, "ok")] += n
+        else:
+            fresh_ids = {id(i) for i in fresh}
+            for item in items:
+                outcome = "ok" if id(item) in fresh_ids else "duplicate"
+                out.counts[(item.type_label, outcome)] += 1
+                if self._debug:
+                    self._log_event(item, outcome)
         if fresh:
             await self.worker.after_commit([i.event for i in fresh])
 
@@ -671,6 +696,9 @@ class StreamConsumer:
 def _first_of_each(items: list[_Item], new_ids: set[Any]) -> list[_Item]:
     """Items whose event id the inbox saw for the first time; a second copy of the same
     event within the batch is a duplicate."""
+    if len(new_ids) == len(items):
+        # As many new ids as items: every item's id is new and appears once.
+        return items
     fresh = []
     for item in items:
         if item.event.event_id in new_ids:

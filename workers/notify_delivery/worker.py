@@ -119,6 +119,4 @@ class NotifyDeliveryWorker(Worker):
         for (channel_type, status), n in counts.items():
             metrics.NOTIFY_DELIVERIES.labels(channel_type, status).inc(n)
         for channel_type, values in latencies.items():
-            histogram = metrics.NOTIFY_DELIVERY_LATENCY.labels(channel_type)
-            for value in values:
-                histogram.observe(value)
+            metrics.observe_many(metrics.NOTIFY_DELIVERY_LATENCY.labels(channel_type), values)

@@ -338,6 +338,9 @@ class ScanMetricsWorker(Worker):
         completed scans that are not replays: they are what the SLOs are about.
         """
         outcomes: Counter[str] = Counter()
+        breaches: Counter[str] = Counter()
+        ttes: list[float] = []
+        phases: dict[str, list[float]] = {}
         for event in events:
             kind = type(event)
             if kind is ScanSubmitted:
@@ -352,13 +355,17 @@ class ScanMetricsWorker(Worker):
             assert isinstance(event, ScanCompleted)
             outcomes["completed"] += 1
             took = tte.tte_ms(event)
-            metrics.SCAN_TTE_SECONDS.observe(took / 1000)
-            for slo in tte.slo_breaches(took):
-                self._breaches[slo].inc()
+            ttes.append(took / 1000)
+            breaches.update(tte.slo_breaches(took))
             for phase in event.phases:
-                self._phase_seconds[phase.name].observe(
+                phases.setdefault(phase.name, []).append(
                     tte.duration_ms(phase.started_at, phase.finished_at) / 1000
                 )
+        metrics.observe_many(metrics.SCAN_TTE_SECONDS, ttes)
+        for name, seconds in phases.items():
+            metrics.observe_many(self._phase_seconds[name], seconds)
+        for slo, n in breaches.items():
+            self._breaches[slo].inc(n)
         for outcome, n in outcomes.items():
             self._scans[outcome].inc(n)
         if outcomes:

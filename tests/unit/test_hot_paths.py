@@ -1,0 +1,154 @@
+"""The shortcuts the runtime takes for throughput give exactly what the plain way gives:
+batched histogram observations, hiredis command packing, the all-new inbox fast path,
+and the collector set-up of ``fleet run``."""
+
+from __future__ import annotations
+
+import gc
+import random
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio.connection as aioconnection
+import redis.exceptions as redis_exc
+from prometheus_client import CollectorRegistry, Histogram
+
+from workers import metrics, runtime, streams
+from workers.settings import load_settings
+
+
+def _samples(histogram: Histogram) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in histogram.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def _histograms() -> tuple[Histogram, Histogram]:
+    buckets = (0.1, 0.5, 1, 2.5, 5, 10, 30)
+    one_by_one = Histogram("h", "h", ["kind"], buckets=buckets, registry=CollectorRegistry())
+    batched = Histogram("h", "h", ["kind"], buckets=buckets, registry=CollectorRegistry())
+    return one_by_one, batched
+
+
+def test_observe_many_counts_like_observing_one_value_at_a_time() -> None:
+    rng = random.Random(7)
+    one_by_one, batched = _histograms()
+    # Bounds themselves (a value equal to a bound belongs to that bucket), zero, values
+    # past the last bound (+Inf) and ordinary ones.
+    values = [0.0, 0.1, 0.5, 1.0, 30.0, 31.0, 1e9] + [rng.uniform(0, 40) for _ in range(500)]
+    for value in values:
+        one_by_one.labels("x").observe(value)
+    metrics.observe_many(batched.labels("x"), values)
+    expected, got = _samples(one_by_one), _samples(batched)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_observe_many_of_nothing_changes_nothing() -> None:
+    _, batched = _histograms()
+    child = batched.labels("x")
+    before = _samples(batched)
+    metrics.observe_many(child, [])
+    assert _samples(batched) == before
+
+
+def test_observe_many_falls_back_to_observe_without_bucket_bounds() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    plain = Plain()
+    metrics.observe_many(plain, [1.0, 2.0])
+    assert plain.seen == [1.0, 2.0]
+
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("XACK", "notify:delivery", "notify-workers", *[f"{i}-0".encode() for i in range(600)]),
+    ("XREADGROUP", "GROUP", "g", "c", "COUNT", 500, "BLOCK", 2000, "STREAMS", "s", ">"),
+    ("CONFIG GET", "maxmemory"),  # literal arguments in the command name
+    (b"XADD", b"s", b"*", b"data", "é".encode(), "type", 1.5),
+    ("SET", "k", memoryview(b"value")),
+    ("SET", "k", b"x" * 100_000),  # larger than redis-py's chunking cut-off
+]
+
+
+@pytest.fixture
+def connections() -> tuple[Any, Any]:
+    client = streams.connect(load_settings({}, valkey_url="redis://127.0.0.1:1/0"))
+    fast = client.connection_pool.connection_class()
+    plain = aioconnection.Connection()
+    return fast, plain
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
+def test_hiredis_packing_sends_the_same_bytes(
+    connections: tuple[Any, Any], command: tuple[Any, ...]
+) -> None:
+    fast, plain = connections
+    assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+def test_hiredis_packing_refuses_what_redis_py_refuses(connections: tuple[Any, Any]) -> None:
+    fast, plain = connections
+    for conn in (fast, plain):
+        with pytest.raises(redis_exc.DataError):
+            conn.pack_command("SET", "k", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("redis://127.0.0.1:6379/0", aioconnection.Connection),
+        ("rediss://127.0.0.1:6379/0", aioconnection.SSLConnection),
+        ("unix:///tmp/valkey.sock", aioconnection.UnixDomainSocketConnection),
+    ],
+)
+def test_connect_keeps_the_connection_kind_the_url_asks_for(url: str, base: type) -> None:
+    client = streams.connect(load_settings({}, valkey_url=url))
+    kind = client.connection_pool.connection_class
+    assert issubclass(kind, base)
+    assert kind.pack_command is streams._HiredisPacking.pack_command
+
+
+def _item(event_id: uuid.UUID) -> Any:
+    class Event:
+        pass
+
+    event = Event()
+    event.event_id = event_id  # type: ignore[attr-defined]
+    return runtime._Item(b"1-0", {}, "t", event, 1)  # type: ignore[arg-type]
+
+
+def test_all_new_events_are_all_fresh() -> None:
+    items = [_item(uuid.uuid4()) for _ in range(5)]
+    assert runtime._first_of_each(items, {i.event.event_id for i in items}) == items
+
+
+def test_a_second_copy_in_the_batch_is_not_fresh_even_when_the_id_is_new() -> None:
+    shared = uuid.uuid4()
+    first, copy, other = _item(shared), _item(shared), _item(uuid.uuid4())
+    # Two distinct new ids for three items: the copy is a duplicate.
+    fresh = runtime._first_of_each([first, copy, other], {shared, other.event.event_id})
+    assert fresh == [first, other]
+    assert runtime._first_of_each([first, copy], {shared}) == [first]
+
+
+def test_tune_gc_freezes_start_up_objects_and_collects_young_objects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        runtime.tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == runtime.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
