@@ -6,13 +6,12 @@ ends with one ``error: …`` line and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import redis.exceptions as redis_exc
@@ -64,10 +63,15 @@ def settings() -> Settings:
     return load_settings()
 
 
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(
+    factory: Callable[[], Coroutine[Any, Any, T]],
+    event_loop: Literal["uvloop", "asyncio"] = "asyncio",
+) -> T:
     """Run a coroutine, turning expected failures into one-line errors."""
+    from workers.app import run_event_loop
+
     try:
-        return asyncio.run(factory())
+        return run_event_loop(factory(), event_loop)
     except (ConfigError, CliError, FleetError) as exc:
         raise fail(str(exc)) from None
     except (redis_exc.ConnectionError, redis_exc.TimeoutError) as exc:
@@ -127,7 +131,7 @@ def run(
     except ConfigError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     fleet = Fleet(cfg, names)
-    run_async(fleet.run)
+    run_async(fleet.run, cfg.event_loop)
     if fleet.failed:
         raise typer.Exit(EXIT_ERROR)
 

@@ -60,6 +60,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_stale_days: PositiveFloat = 14.0
     snapshot_critical_days: PositiveFloat = 30.0
 
+    # uvloop (libuv) runs the event loop of `fleet run` where it is installed; "asyncio"
+    # chooses the standard library's loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "auto"
     schema_dir: str | None = None

@@ -6,10 +6,15 @@ and the worker, and a run's figures swing by a third from one minute to the next
 every benchmark runs several rounds, each measuring the baseline and the contenders
 back to back on a fresh stream, and reports the median of the per-round ratios.
 
-The baseline (a) is a hand-rolled loop: redis-py as it comes, CPython's collector
-settings. The runtime runs as ``fleet run`` runs it (``tune_gc``, hiredis command
-packing). The same loop in the tuned process is printed beside it as (a'), so the share
-of the difference that is process tuning rather than the runtime's design stays visible."""
+Each contender runs on an event loop of its own:
+
+- (a) the baseline is a hand-rolled loop as it comes: redis-py's defaults, the standard
+  asyncio loop, CPython's collector settings;
+- (a') is the same loop in a process set up the way ``fleet run`` sets itself up
+  (``tune_gc``, uvloop, hiredis command packing), so the share of a difference that is
+  process set-up rather than the runtime's design stays visible;
+- the runtime contenders run as ``fleet run`` runs them.
+"""
 
 from __future__ import annotations
 
@@ -22,26 +27,41 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncpg
 import msgspec
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts import Event
 from workers import streams
-from workers.base import Worker
-from workers.db import DbConn, load_migrations, migrate, schema_dir
+from workers.app import run_event_loop
+from workers.base import Resources, Worker
+from workers.db import DbConn, create_pool, load_migrations, migrate, schema_dir
+from workers.demo import publish
 from workers.embedded import start_postgres, start_valkey
 from workers.runtime import StreamConsumer, tune_gc
 from workers.settings import Settings, load_settings
 
 
-@contextlib.asynccontextmanager
-async def bench_stack() -> AsyncIterator[tuple[str, str]]:
+async def _create_database(pg_url: str) -> str:
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("DROP DATABASE IF EXISTS bench")
+    await conn.execute("CREATE DATABASE bench")
+    await conn.close()
+    url = pg_url.replace("/postgres?", "/bench?")
+    conn = await asyncpg.connect(url)
+    await migrate(conn, load_migrations(schema_dir()))
+    await conn.close()
+    return url
+
+
+@contextlib.contextmanager
+def bench_stack() -> Iterator[tuple[str, str]]:
     """Embedded Valkey (no fsync) and PostgreSQL with a migrated ``bench`` database:
     yields (valkey_url, database_url) and removes everything afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="streamfleet-bench-"))
@@ -50,15 +70,7 @@ async def bench_stack() -> AsyncIterator[tuple[str, str]]:
     valkey = start_valkey(folder / "valkey", appendfsync="no")
     pg, pg_url = start_postgres(folder / "pg")
     try:
-        conn = await asyncpg.connect(pg_url)
-        await conn.execute("DROP DATABASE IF EXISTS bench")
-        await conn.execute("CREATE DATABASE bench")
-        await conn.close()
-        url = pg_url.replace("/postgres?", "/bench?")
-        conn = await asyncpg.connect(url)
-        await migrate(conn, load_migrations(schema_dir()))
-        await conn.close()
-        yield valkey.connection_url, url
+        yield valkey.connection_url, asyncio.run(_create_database(pg_url))
     finally:
         valkey.stop()
         pg.cleanup()
@@ -94,7 +106,7 @@ def noop_worker(stream: str, types: tuple[type[Event], ...]) -> type[Worker]:
     return NoOp
 
 
-async def bare_loop(client: Any, stream: str, total: int, batch: int, group: str = "bare") -> float:
+async def bare_loop(client: Any, stream: str, total: int, batch: int, group: str) -> float:
     """(a) ``XREADGROUP COUNT batch`` + msgspec decode + ``XACK``: events/s."""
     await streams.ensure_group(client, stream, group)
     decoder = msgspec.json.Decoder()
@@ -130,9 +142,8 @@ async def through_runtime(worker: Worker, client: Any, total: int) -> float:
     return total / elapsed
 
 
-Measure = Callable[[int], Awaitable[dict[str, float]]]
-"""One round: given the round number, run every contender on a fresh stream and return
-events/s by name (the baseline under ``"a"``)."""
+MakeWorker = Callable[[Resources, str], Worker]
+"""Builds a contender from the process's resources and its consumer group's name."""
 
 _CPYTHON_GC = gc.get_threshold()
 
@@ -143,29 +154,91 @@ def untuned_process() -> None:
     gc.set_threshold(*_CPYTHON_GC)
 
 
-def fleet_process() -> None:
-    """The interpreter as ``fleet run`` sets it up (``tune_gc``)."""
+async def _republish(valkey_url: str, stream: str, events: Iterable[Event]) -> None:
+    client = aioredis.Redis.from_url(valkey_url, decode_responses=False)
+    try:
+        await client.delete(stream)
+        await publish(client, stream, events)
+    finally:
+        await client.aclose()
+
+
+async def _bare(settings: Settings, stream: str, total: int, group: str, *, fleet: bool) -> float:
+    if fleet:
+        client = streams.connect(settings)
+    else:
+        client = aioredis.Redis.from_url(settings.valkey_url, decode_responses=False)
+    try:
+        return await bare_loop(client, stream, total, settings.batch_size, group)
+    finally:
+        await client.aclose()
+
+
+async def _runtime(settings: Settings, make: MakeWorker, group: str, total: int) -> float:
+    client = streams.connect(settings)
+    pool = await create_pool(settings, max_size=settings.concurrency + 2)
+    try:
+        worker = make(Resources(settings=settings, redis=client, pool=pool), group)
+        return await through_runtime(worker, client, total)
+    finally:
+        await pool.close()
+        await client.aclose()
+
+
+def run_round(
+    index: int,
+    settings: Settings,
+    stream: str,
+    events: Sequence[Event],
+    contenders: dict[str, MakeWorker],
+) -> dict[str, float]:
+    """Publish ``events`` on a fresh ``stream``, then read them all through the baseline
+    (a), the baseline in a tuned process (a') and each contender, one group each."""
+    total = len(events)
+    untuned_process()
+    asyncio.run(_republish(settings.valkey_url, stream, events))
+    figures = {"a": asyncio.run(_bare(settings, stream, total, f"bare-{index}", fleet=False))}
     tune_gc()
+    loop = settings.event_loop
+    figures["a'"] = run_event_loop(
+        _bare(settings, stream, total, f"tuned-{index}", fleet=True), loop
+    )
+    for name, make in contenders.items():
+        figures[name] = run_event_loop(_runtime(settings, make, f"{name}-{index}", total), loop)
+    return figures
 
 
-async def rounds(count: int, measure: Measure) -> dict[str, list[float]]:
-    """Run ``count`` rounds, printing each, then return every figure and every ratio to
-    the baseline ``"a"`` computed within its round, by name."""
+def rounds(count: int, measure: Callable[[int], dict[str, float]]) -> dict[str, list[float]]:
+    """Run ``count`` rounds, printing each, and return every figure and every ratio to
+    the baselines computed within its round: ``x/a`` and ``x/tuned`` (to a')."""
     figures: dict[str, list[float]] = {}
     for index in range(count):
-        result = await measure(index)
+        result = measure(index)
         line = "  ".join(f"({k}) {v:>9,.0f}/s" for k, v in result.items())
         ratios = "  ".join(f"{k}/a {v / result['a']:.2f}" for k, v in result.items() if k != "a")
         print(f"round {index + 1}: {line}   {ratios}", flush=True)
-        tuned = result.get("a'")
         for key, value in result.items():
             figures.setdefault(key, []).append(value)
             if key != "a":
                 figures.setdefault(f"{key}/a", []).append(value / result["a"])
-            if tuned and key not in ("a", "a'"):
-                figures.setdefault(f"{key}/tuned", []).append(value / tuned)
+            if key not in ("a", "a'"):
+                figures.setdefault(f"{key}/tuned", []).append(value / result["a'"])
     return figures
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def report(
+    figures: dict[str, list[float]], labels: dict[str, str], targets: dict[str, str]
+) -> None:
+    """Medians of every figure and ratio; ``targets`` names the ratios with a target."""
+    count = len(figures["a"])
+    print(f"medians over {count} rounds:")
+    for key, label in labels.items():
+        print(f"({key}) {label:<36}: {statistics.median(figures[key]):>10,.0f} events/s")
+    for key in labels:
+        if key in ("a", "a'"):
+            continue
+        target = f"   (target {targets[key]})" if key in targets else ""
+        print(
+            f"ratio {key}/a = {statistics.median(figures[f'{key}/a']):.2f}{target}   "
+            f"{key}/a' = {statistics.median(figures[f'{key}/tuned']):.2f}"
+        )
