@@ -4,6 +4,7 @@ and the collector set-up of ``fleet run``."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import uuid
@@ -15,6 +16,8 @@ import redis.exceptions as redis_exc
 from prometheus_client import CollectorRegistry, Histogram
 
 from workers import metrics, runtime, streams
+from workers.app import run_event_loop
+from workers.errors import ConfigError
 from workers.settings import load_settings
 
 
@@ -152,3 +155,20 @@ def test_tune_gc_freezes_start_up_objects_and_collects_young_objects_less_often(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def _loop_kind() -> type:
+    return type(asyncio.get_running_loop())
+
+
+def test_fleet_run_uses_uvloop_unless_told_otherwise() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert load_settings({}).event_loop == "uvloop"
+    assert issubclass(run_event_loop(_loop_kind(), "uvloop"), uvloop.Loop)
+    chosen = load_settings({"FLEET_EVENT_LOOP": "asyncio"}).event_loop
+    assert not issubclass(run_event_loop(_loop_kind(), chosen), uvloop.Loop)
+
+
+def test_an_unknown_event_loop_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="FLEET_EVENT_LOOP"):
+        load_settings({"FLEET_EVENT_LOOP": "trio"})

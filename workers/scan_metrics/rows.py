@@ -17,6 +17,7 @@ stored row in SQL (``worker.py``), gives the row a single merge of every event w
 from __future__ import annotations
 
 import hashlib
+import operator
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -106,6 +107,9 @@ class ScanRow(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
     phases: list[Phase] = msgspec.field(default_factory=list)
 
 
+_as_int: Final = operator.attrgetter("int")
+
+
 def rows_for_batch(events: Iterable[ScannerEvent]) -> list[ScanRow]:
     """One merged row per scan, sorted by scan id (so concurrent batches lock rows in the
     same order and never deadlock on each other)."""
@@ -123,7 +127,8 @@ def rows_for_batch(events: Iterable[ScannerEvent]) -> list[ScanRow]:
                 outcomes[event.scan_id] = event
     return [
         merged_row(scan_id, submissions.get(scan_id), outcomes.get(scan_id))
-        for scan_id in sorted(submissions.keys() | outcomes.keys())
+        # UUIDs order by their integer value; sorting by it skips UUID.__lt__ in Python.
+        for scan_id in sorted(submissions.keys() | outcomes.keys(), key=_as_int)
     ]
 
 
