@@ -13,9 +13,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from prometheus_client import REGISTRY
 
 from workers.base import Resources, Worker
+from workers.db import load_migrations, migrate, schema_dir
 from workers.runtime import StreamConsumer
 
 
@@ -43,6 +45,24 @@ async def running(worker: Worker, consumer: str = "c1") -> AsyncIterator[StreamC
     finally:
         runner.stop()
         await asyncio.wait_for(task, timeout=30)
+
+
+async def migrated_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``server_url`` (an embedded pgserver URL
+    naming ``postgres``), apply every migration, and return its URL."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = server_url.replace("/postgres?", f"/{name}?")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, load_migrations(schema_dir()))
+    finally:
+        await conn.close()
+    return url
 
 
 def metric(name: str, **labels: str) -> float:

@@ -31,10 +31,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import Event, encode_entry
-from tests.helpers import fleet_process, process_log
+from tests.helpers import fleet_process, migrated_database, process_log
 from workers import streams, workload
 from workers.app import available_workers
-from workers.db import load_migrations, migrate, schema_dir
 from workers.embedded import free_port, start_postgres, start_valkey
 
 EVENTS = int(os.environ.get("FLEET_CHAOS_EVENTS", "6000"))
@@ -139,13 +138,7 @@ async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
     valkey_port = free_port()
     valkey = start_valkey(chaos_dir / "valkey", appendfsync="always", port=valkey_port)
     pg, pg_url = start_postgres(chaos_dir / "pg")
-    admin = await asyncpg.connect(pg_url)
-    await admin.execute("CREATE DATABASE chaos")
-    await admin.close()
-    db_url = pg_url.replace("/postgres?", "/chaos?")
-    conn = await asyncpg.connect(db_url)
-    await migrate(conn, load_migrations(schema_dir()))
-    await conn.close()
+    db_url = await migrated_database(pg_url, "chaos")
 
     env = {
         "FLEET_VALKEY_URL": f"redis://127.0.0.1:{valkey_port}/0",

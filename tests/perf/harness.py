@@ -31,33 +31,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts import Event
+from tests.helpers import migrated_database
 from workers import streams
 from workers.app import run_event_loop
 from workers.base import Resources, Worker
-from workers.db import DbConn, create_pool, load_migrations, migrate, schema_dir
+from workers.db import DbConn, create_pool
 from workers.demo import publish
 from workers.embedded import start_postgres, start_valkey
 from workers.runtime import StreamConsumer, tune_gc
 from workers.settings import Settings, load_settings
-
-
-async def _create_database(pg_url: str) -> str:
-    conn = await asyncpg.connect(pg_url)
-    await conn.execute("DROP DATABASE IF EXISTS bench")
-    await conn.execute("CREATE DATABASE bench")
-    await conn.close()
-    url = pg_url.replace("/postgres?", "/bench?")
-    conn = await asyncpg.connect(url)
-    await migrate(conn, load_migrations(schema_dir()))
-    await conn.close()
-    return url
 
 
 @contextlib.contextmanager
@@ -70,7 +58,7 @@ def bench_stack() -> Iterator[tuple[str, str]]:
     valkey = start_valkey(folder / "valkey", appendfsync="no")
     pg, pg_url = start_postgres(folder / "pg")
     try:
-        yield valkey.connection_url, asyncio.run(_create_database(pg_url))
+        yield valkey.connection_url, asyncio.run(migrated_database(pg_url, "bench"))
     finally:
         valkey.stop()
         pg.cleanup()
