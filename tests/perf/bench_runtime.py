@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from contracts import Event
 from tests.perf.harness import bench_settings, bench_stack, noop_worker, report, rounds, run_round
 from workers import workload
 from workers.logs import configure_logging
@@ -37,7 +38,9 @@ def main(total: int, batch: int, concurrency: int, count: int) -> None:
         print(f"events: {total} a round, batch: {batch}, concurrency: {concurrency}")
 
         def measure(index: int) -> dict[str, float]:
-            events = list(workload.notification_events(total, seed=99 + index))
+            def events() -> list[Event]:
+                return list(workload.notification_events(total, seed=99 + index))
+
             return run_round(index, settings, STREAM, events, contenders)
 
         report(

@@ -59,9 +59,10 @@ def main(total: int, batch: int, concurrency: int, count: int) -> None:
         )
 
         def measure(index: int) -> dict[str, float]:
-            return run_round(
-                index, settings, STREAM, completed_scans(total, seed=99 + index), contenders
-            )
+            def events() -> list[Event]:
+                return completed_scans(total, seed=99 + index)
+
+            return run_round(index, settings, STREAM, events, contenders)
 
         report(
             rounds(count, measure),

@@ -177,14 +177,18 @@ def run_round(
     index: int,
     settings: Settings,
     stream: str,
-    events: Sequence[Event],
+    make_events: Callable[[], Sequence[Event]],
     contenders: dict[str, MakeWorker],
 ) -> dict[str, float]:
-    """Publish ``events`` on a fresh ``stream``, then read them all through the baseline
-    (a), the baseline in a tuned process (a') and each contender, one group each."""
+    """Publish fresh events on a fresh ``stream``, then read them all through the baseline
+    (a), the baseline in a tuned process (a') and each contender, one group each. The
+    events are dropped before anything is measured: no contender carries them."""
+    events = make_events()
     total = len(events)
     untuned_process()
     asyncio.run(_republish(settings.valkey_url, stream, events))
+    del events
+    gc.collect()
     figures = {"a": asyncio.run(_bare(settings, stream, total, f"bare-{index}", fleet=False))}
     tune_gc()
     loop = settings.event_loop
