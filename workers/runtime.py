@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -104,6 +105,16 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def _stream_entries(response: Any, **options: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XREADGROUP's reply for the one stream read, as (entry id, fields) pairs: what
+    redis-py builds, without a Python call per entry. A RESP3 reply is a map by stream, a
+    RESP2 one a list of [stream, entries]; an entry deleted while pending has no fields."""
+    if not response:
+        return []
+    entries = next(iter(response.values())) if isinstance(response, dict) else response[0][1]
+    return [(i, dict(zip(kv[::2], kv[1::2], strict=True)) if kv else {}) for i, kv in entries]
+
+
 def _decode_failure(cls: type[Event], data: bytes) -> tuple[str, str]:
     """The slow path: decode again to get the reason code and message."""
     try:
@@ -143,6 +154,7 @@ class StreamConsumer:
         # redis-py types replies as unions of every RESP shape; replies are read as Any
         # and shaped at this edge.
         self.redis: Any = worker.resources.redis
+        self._reads: Any = None  # the reading client, opened by run()
         self.pool = worker.resources.pool
         self.stream = worker.stream
         self.group = worker.group
@@ -168,6 +180,8 @@ class StreamConsumer:
         self._children: dict[tuple[str, str], Any] = {}
         self._log = log.bind(stream=self.stream, group=self.group, consumer=consumer)
         self.ready = asyncio.Event()
+        # Workers without semantic checks are not called for every event.
+        self._validate = None if type(worker).validate is Worker.validate else worker.validate
         # One line per event outcome only at debug: building it costs more than the event.
         self._debug = self.settings.log_level == "debug"
 
@@ -177,6 +191,10 @@ class StreamConsumer:
         """Create the group if needed, then consume until stopped."""
         await streams.ensure_group(self.redis, self.stream, self.group)
         await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
+        # Reads go through a client of the same pool whose XREADGROUP replies are shaped
+        # by _stream_entries.
+        self._reads = aioredis.Redis(connection_pool=self.redis.connection_pool)
+        self._reads.set_response_callback("XREADGROUP", _stream_entries)
         self._log.info("consumer.started", idle_ms=self.idle_ms)
         readers = [
             asyncio.create_task(self._reader(i), name=f"reader:{self.stream}:{i}")
@@ -262,13 +280,12 @@ class StreamConsumer:
         while not self.stopping:
             try:
                 if not drained_own:
-                    reply = await self.redis.xreadgroup(
+                    entries = await self._reads.xreadgroup(
                         self.group,
                         self.consumer,
                         {self.stream: last_own},
                         count=self.settings.batch_size,
                     )
-                    entries = reply[0][1] if reply else []
                     if not entries:
                         drained_own = True
                         self._drained.set()
@@ -277,7 +294,7 @@ class StreamConsumer:
                     counts = await self._delivery_counts([e[0] for e in entries])
                     await self._enqueue(Batch(entries, counts, "own-pending"))
                     continue
-                reply = await self.redis.xreadgroup(
+                entries = await self._reads.xreadgroup(
                     self.group,
                     self.consumer,
                     {self.stream: ">"},
@@ -303,8 +320,8 @@ class StreamConsumer:
                     break
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if reply:
-                await self._enqueue(Batch(reply[0][1]))
+            if entries:
+                await self._enqueue(Batch(entries))
 
     async def _enqueue(self, batch: Batch) -> None:
         for entry_id, _ in batch.entries:
@@ -441,6 +458,7 @@ class StreamConsumer:
         items: list[_Item] = []
         counts = batch.counts
         max_deliveries = self.settings.max_deliveries
+        validate = self._validate
         for entry_id, fields in batch.entries:
             if not fields:
                 # Trimmed or deleted while pending: nothing to do but release it.
@@ -474,7 +492,7 @@ class StreamConsumer:
                 out.dead.append((entry_id, fields, reason, detail, deliveries))
                 out.counts[(label, "dead_lettered")] += 1
                 continue
-            problem = self.worker.validate(event)
+            problem = None if validate is None else validate(event)
             if problem is not None:
                 out.dead.append((entry_id, fields, "invalid_event", problem, deliveries))
                 out.counts[(label, "dead_lettered")] += 1

@@ -172,3 +172,25 @@ def test_fleet_run_uses_uvloop_unless_told_otherwise() -> None:
 def test_an_unknown_event_loop_is_refused_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="FLEET_EVENT_LOOP"):
         load_settings({"FLEET_EVENT_LOOP": "trio"})
+
+
+ENTRIES = [
+    [b"1-0", [b"type", b"notification.sent", b"data", b"{}"]],
+    [b"2-0", None],  # deleted while pending
+    [b"3-0", [b"type", b"scan.failed", b"data", b"{}", b"extra", b"x"]],
+]
+
+
+def test_read_replies_are_shaped_like_redis_py_shapes_them() -> None:
+    from redis._parsers.helpers import parse_xread_resp3_to_resp2_legacy
+
+    resp3 = {b"notify:delivery": ENTRIES}
+    legacy = parse_xread_resp3_to_resp2_legacy(resp3)[0][1]
+    expected = [(i, fields or {}) for i, fields in legacy]
+    assert runtime._stream_entries(resp3) == expected
+    assert runtime._stream_entries([[b"notify:delivery", ENTRIES]]) == expected
+
+
+@pytest.mark.parametrize("empty", [None, {}, []])
+def test_an_empty_read_is_no_entries(empty: Any) -> None:
+    assert runtime._stream_entries(empty) == []
