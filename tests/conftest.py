@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from workers.db import load_migrations, migrate, schema_dir
+from tests.helpers import migrated_database
 from workers.embedded import start_postgres, start_valkey
 from workers.settings import Settings, load_settings
 
@@ -68,31 +68,11 @@ def postgres_server(state_dir: Path) -> Iterator[Any]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _with_database(url: str, database: str) -> str:
-    """Swap the database name in a libpq URL (works with ``?host=`` socket URLs too)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 @pytest.fixture(scope="session")
 async def database_url(postgres_server: Any) -> AsyncIterator[str]:
     base = os.environ.get("FLEET_TEST_DATABASE_URL") or postgres_server.get_uri()
     name = f"fleet_test_{os.getpid()}"
-    admin = await asyncpg.connect(base)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_database(base, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn, load_migrations(schema_dir()))
-    finally:
-        await conn.close()
-    yield url
+    yield await migrated_database(base, name)
     admin = await asyncpg.connect(base)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from prometheus_client import REGISTRY
@@ -47,16 +48,22 @@ async def running(worker: Worker, consumer: str = "c1") -> AsyncIterator[StreamC
         await asyncio.wait_for(task, timeout=30)
 
 
+def with_database(url: str, database: str) -> str:
+    """Swap the database name in a libpq URL (works with ``?host=`` socket URLs too)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
 async def migrated_database(server_url: str, name: str) -> str:
-    """Create database ``name`` on the server of ``server_url`` (an embedded pgserver URL
-    naming ``postgres``), apply every migration, and return its URL."""
+    """(Re)create database ``name`` on the server of ``server_url``, apply every
+    migration, and return its URL."""
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = server_url.replace("/postgres?", f"/{name}?")
+    url = with_database(server_url, name)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn, load_migrations(schema_dir()))

@@ -9,15 +9,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import fleet_cli
+from tests.helpers import fleet_cli, with_database
 from workers.db import MigrationError, load_migrations, migrate, schema_dir
 
 
 @pytest.fixture
 async def fresh_database(database_url: str) -> Any:
     """An empty database next to the test database, dropped afterwards."""
-    from tests.conftest import _with_database
-
     name = "fleet_migrate_probe"
     admin = await asyncpg.connect(database_url)
     try:
@@ -25,7 +23,7 @@ async def fresh_database(database_url: str) -> Any:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(database_url, name)
+    yield with_database(database_url, name)
     admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
