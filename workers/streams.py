@@ -41,6 +41,9 @@ class _HiredisPacking:
             args = (*head.encode().split(), *args[1:])
         elif b" " in head:
             args = (*head.split(), *args[1:])
+        if any(type(arg) is bytearray for arg in args):
+            # redis-py sends these as bytes; hiredis takes bytes only.
+            args = tuple(bytes(arg) if type(arg) is bytearray else arg for arg in args)
         try:
             return [hiredis.pack_command(args)]
         except TypeError as exc:

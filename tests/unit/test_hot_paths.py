@@ -79,6 +79,7 @@ COMMANDS: list[tuple[Any, ...]] = [
     ("CONFIG GET", "maxmemory"),  # literal arguments in the command name
     (b"XADD", b"s", b"*", b"data", "é".encode(), "type", 1.5),
     ("SET", "k", memoryview(b"value")),
+    ("SET", "k", bytearray(b"value")),
     ("SET", "k", b"x" * 100_000),  # larger than redis-py's chunking cut-off
 ]
 
