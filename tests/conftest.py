@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.helpers import migrated_database
+from tests.helpers import drop_database, migrated_database
 from workers.embedded import start_postgres, start_valkey
 from workers.settings import Settings, load_settings
 
@@ -73,11 +73,7 @@ async def database_url(postgres_server: Any) -> AsyncIterator[str]:
     base = os.environ.get("FLEET_TEST_DATABASE_URL") or postgres_server.get_uri()
     name = f"fleet_test_{os.getpid()}"
     yield await migrated_database(base, name)
-    admin = await asyncpg.connect(base)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(base, name)
 
 
 _OWN_SCHEMAS = ("fleet", "notify", "scanner", "vex", "ingest")

@@ -54,16 +54,30 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-async def migrated_database(server_url: str, name: str) -> str:
-    """(Re)create database ``name`` on the server of ``server_url``, apply every
-    migration, and return its URL."""
+async def drop_database(server_url: str, name: str) -> None:
+    """Drop database ``name`` on the server of ``server_url`` if it exists, connections and all."""
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def empty_database(server_url: str, name: str) -> str:
+    """(Re)create database ``name``, empty, on the server of ``server_url``; its URL."""
+    await drop_database(server_url, name)
+    admin = await asyncpg.connect(server_url)
+    try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = with_database(server_url, name)
+    return with_database(server_url, name)
+
+
+async def migrated_database(server_url: str, name: str) -> str:
+    """(Re)create database ``name`` on the server of ``server_url``, apply every
+    migration, and return its URL."""
+    url = await empty_database(server_url, name)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn, load_migrations(schema_dir()))

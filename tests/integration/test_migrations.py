@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import fleet_cli, with_database
+from tests.helpers import drop_database, empty_database, fleet_cli
 from workers.db import MigrationError, load_migrations, migrate, schema_dir
 
 
@@ -17,18 +17,8 @@ from workers.db import MigrationError, load_migrations, migrate, schema_dir
 async def fresh_database(database_url: str) -> Any:
     """An empty database next to the test database, dropped afterwards."""
     name = "fleet_migrate_probe"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(database_url, name)
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    yield await empty_database(database_url, name)
+    await drop_database(database_url, name)
 
 
 async def test_ten_processes_starting_together_migrate_once(fresh_database: str) -> None:
