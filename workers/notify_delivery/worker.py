@@ -20,13 +20,23 @@ if TYPE_CHECKING:
 
 Delivery = NotificationSent | NotificationFailed
 
-# One statement a batch, atomic on its own: it writes the inbox rows and the effects of
-# the events whose row is new. The batch travels as one JSON array of the events
-# themselves: PostgreSQL parses it (on its own core) instead of the driver encoding
-# fifteen typed arrays element by element.
-# DISTINCT ON keeps the row each delivery must converge to; ON CONFLICT only lets a
-# later attempt (or a success at the same attempt) replace what is stored.
-_UPSERT = """
+
+def _statement(*, all_new: bool) -> str:
+    """The batch statement, atomic on its own: it writes the inbox rows and the effects of
+    the events whose row is new. The batch travels as one JSON array of the events
+    themselves: PostgreSQL parses it (on its own core) instead of the driver encoding
+    fifteen typed arrays element by element. DISTINCT ON keeps the row each delivery must
+    converge to; ON CONFLICT only lets a later attempt (or a success at the same attempt)
+    replace what is stored.
+
+    ``all_new``: the statement for a batch whose events are all new, the common case. Its
+    inbox INSERT has no ON CONFLICT (which spends an extra index probe and WAL record on
+    every row), so every event it records is new and the upsert needs no join with the
+    inbox rows. A redelivered event makes it fail on the inbox key instead; the batch then
+    takes the other statement."""
+    conflict = "" if all_new else "\n    ON CONFLICT DO NOTHING"
+    source = "batch AS x" if all_new else 'batch AS x JOIN inbox ON inbox.event_id = x."eventId"'
+    return f"""
 WITH batch AS (
     SELECT * FROM json_to_recordset($2::text::json) AS x(
         "deliveryId" uuid, "tenantId" uuid, "ruleId" uuid, "channelId" uuid,
@@ -38,8 +48,7 @@ WITH batch AS (
 inbox AS (
     INSERT INTO fleet.inbox (event_id, group_name)
     SELECT DISTINCT "eventId", $1 FROM batch
-    ORDER BY 1  -- one lock order for every batch: concurrent batches cannot deadlock
-    ON CONFLICT DO NOTHING
+    ORDER BY 1  -- one lock order for every batch: concurrent batches cannot deadlock{conflict}
     RETURNING event_id
 ),
 upsert AS (
@@ -56,7 +65,7 @@ upsert AS (
         CASE x.type WHEN 'notification.failed' THEN x.error END,
         CASE x.type WHEN 'notification.failed' THEN x.retryable END,
         x."latencyMs", x."eventId"
-    FROM batch AS x JOIN inbox ON inbox.event_id = x."eventId"
+    FROM {source}
     ORDER BY x."deliveryId", x.attempt DESC, (x.type = 'notification.sent') DESC
     ON CONFLICT (delivery_id) DO UPDATE SET
         status = EXCLUDED.status,
@@ -74,14 +83,9 @@ upsert AS (
 SELECT event_id FROM inbox
 """
 
-# The same statement for a batch whose events are all new, the common case: a plain
-# inbox INSERT instead of INSERT ... ON CONFLICT, which spends an extra index probe and
-# WAL record on every row. A redelivered event makes it fail on the inbox key, and the
-# batch then takes the statement above.
-_UPSERT_ALL_NEW = _UPSERT.replace(
-    "    ON CONFLICT DO NOTHING\n    RETURNING event_id", "    RETURNING event_id"
-)
-assert _UPSERT_ALL_NEW != _UPSERT
+
+_UPSERT = _statement(all_new=False)
+_UPSERT_ALL_NEW = _statement(all_new=True)
 _INBOX_KEY = "inbox_pkey"
 
 _encoder = msgspec.json.Encoder()
