@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from contracts import Event
-from tests.perf.harness import bench_settings, bench_stack, noop_worker, report, rounds, run_round
+from tests.perf.harness import bench_settings, bench_stack, compare_worker
 from workers import workload
 from workers.logs import configure_logging
 from workers.notify_delivery import NotifyDeliveryWorker
@@ -30,28 +29,14 @@ STREAM = "notify:delivery"
 def main(total: int, batch: int, concurrency: int, count: int) -> None:
     with bench_stack() as (valkey_url, database_url):
         settings = bench_settings(valkey_url, database_url, batch, concurrency)
-        noop = noop_worker(STREAM, NotifyDeliveryWorker.event_types)
-        contenders = {
-            "b": lambda resources, group: noop(resources, group=group),
-            "c": lambda resources, group: NotifyDeliveryWorker(resources, group=group),
-        }
         print(f"events: {total} a round, batch: {batch}, concurrency: {concurrency}")
-
-        def measure(index: int) -> dict[str, float]:
-            def events() -> list[Event]:
-                return list(workload.notification_events(total, seed=99 + index))
-
-            return run_round(index, settings, STREAM, events, contenders)
-
-        report(
-            rounds(count, measure),
-            {
-                "a": "bare XREADGROUP+decode+XACK loop",
-                "a'": "the same loop, process set up",
-                "b": "runtime, no-op handler",
-                "c": "notify-delivery into PostgreSQL",
-            },
-            {"b": ">= 0.8", "c": ">= 0.35"},
+        compare_worker(
+            settings,
+            NotifyDeliveryWorker,
+            lambda index: list(workload.notification_events(total, seed=99 + index)),
+            count,
+            label="notify-delivery into PostgreSQL",
+            targets={"b": ">= 0.8", "c": ">= 0.35"},
         )
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts import Event
 from contracts.scanner import ScanCompleted
-from tests.perf.harness import bench_settings, bench_stack, noop_worker, report, rounds, run_round
+from tests.perf.harness import bench_settings, bench_stack, compare_worker
 from workers import workload
 from workers.logs import configure_logging
 from workers.scan_metrics import ScanMetricsWorker
@@ -46,33 +46,19 @@ def completed_scans(total: int, seed: int) -> list[Event]:
 def main(total: int, batch: int, concurrency: int, count: int) -> None:
     with bench_stack() as (valkey_url, database_url):
         settings = bench_settings(valkey_url, database_url, batch, concurrency)
-        noop = noop_worker(STREAM, ScanMetricsWorker.event_types)
-        contenders = {
-            "b": lambda resources, group: noop(resources, group=group),
-            "c": lambda resources, group: ScanMetricsWorker(resources, group=group),
-        }
         sample = completed_scans(100, seed=1)
         size = sum(len(msgspec.json.encode(e)) for e in sample) / len(sample)
         print(
             f"scan.completed events: {total} a round (six phases each, ~{size:,.0f} bytes), "
             f"batch: {batch}, concurrency: {concurrency}"
         )
-
-        def measure(index: int) -> dict[str, float]:
-            def events() -> list[Event]:
-                return completed_scans(total, seed=99 + index)
-
-            return run_round(index, settings, STREAM, events, contenders)
-
-        report(
-            rounds(count, measure),
-            {
-                "a": "bare XREADGROUP+decode+XACK loop",
-                "a'": "the same loop, process set up",
-                "b": "runtime, no-op handler",
-                "c": "scan-metrics into PostgreSQL",
-            },
-            {"c": ">= 0.3"},
+        compare_worker(
+            settings,
+            ScanMetricsWorker,
+            lambda index: completed_scans(total, seed=99 + index),
+            count,
+            label="scan-metrics into PostgreSQL",
+            targets={"c": ">= 0.3"},
         )
 
 

@@ -234,3 +234,36 @@ def report(
             f"ratio {key}/a = {statistics.median(figures[f'{key}/a']):.2f}{target}   "
             f"{key}/a' = {statistics.median(figures[f'{key}/tuned']):.2f}"
         )
+
+
+def compare_worker(
+    settings: Settings,
+    worker: type[Worker],
+    events_for: Callable[[int], Sequence[Event]],
+    count: int,
+    *,
+    label: str,
+    targets: dict[str, str],
+) -> None:
+    """``count`` rounds of the baselines, (b) the runtime with a no-op handler for
+    ``worker``'s event types and (c) ``worker`` itself, on ``events_for(round)``; then
+    the report."""
+    noop = noop_worker(worker.stream, worker.event_types)
+    contenders: dict[str, MakeWorker] = {
+        "b": lambda resources, group: noop(resources, group=group),
+        "c": lambda resources, group: worker(resources, group=group),
+    }
+
+    def measure(index: int) -> dict[str, float]:
+        return run_round(index, settings, worker.stream, lambda: events_for(index), contenders)
+
+    report(
+        rounds(count, measure),
+        {
+            "a": "bare XREADGROUP+decode+XACK loop",
+            "a'": "the same loop, process set up",
+            "b": "runtime, no-op handler",
+            "c": label,
+        },
+        targets,
+    )
