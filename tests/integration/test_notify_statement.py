@@ -4,14 +4,19 @@ way the new events, and only they, are recorded and reported."""
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, get_args
 
 import asyncpg
+import pytest
 
 from contracts import Event
+from contracts.notify import ChannelType, NotificationFailed, NotificationSent
 from tests.helpers import resources
 from workers import workload
 from workers.notify_delivery import NotifyDeliveryWorker
+from workers.notify_delivery.worker import array_literal
 
 GROUP = "notify-workers"
 
@@ -91,3 +96,98 @@ async def test_inside_a_transaction_a_redelivery_does_not_abort_it(
             assert await conn.fetchval("SELECT 1") == 1  # the transaction is still usable
     assert set(new) == {e.event_id for e in fresh}
     assert await _inbox(db) == 40
+
+
+def _edge_events() -> list[Event]:
+    """Distinct deliveries covering every column's awkward values: texts an array literal
+    would need quoted, empty and non-ASCII errors, missing optional values, microsecond
+    and non-UTC timestamps, both event types."""
+    base = _distinct_deliveries(8, seed=7)
+    errors = ['say "hi", {now}', "back\\slash", "", "ünïcödé ✓", "NULL", " padded ", "a,b", "}{"]
+    at = datetime(2026, 11, 1, 12, 30, 45, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    events: list[Event] = []
+    for i, (event, error) in enumerate(zip(base, errors, strict=True)):
+        common = {
+            f: getattr(event, f)
+            for f in ("event_id", "version", "tenant_id", "occurred_at", "source", "delivery_id")
+        }
+        common |= {
+            "rule_id": None if i % 2 else uuid.uuid4(),
+            "channel_id": uuid.uuid4(),
+            "channel_type": ("slack", "teams", "email", "webhook")[i % 4],
+            "source_event_id": uuid.uuid4(),
+            "attempt": i + 1,
+            "status_code": None if i % 3 == 0 else 200 + i,
+            "latency_ms": None if i % 4 == 1 else 1000 * i,
+        }
+        when = at + timedelta(days=i, microseconds=i)
+        if i % 2:
+            events.append(NotificationSent(**common, sent_at=when))  # type: ignore[arg-type]
+        else:
+            events.append(
+                NotificationFailed(**common, failed_at=when, error=error, retryable=i % 4 == 0)  # type: ignore[arg-type]
+            )
+    return events
+
+
+async def test_every_column_holds_the_events_values(db: asyncpg.Pool, settings_for: Any) -> None:
+    worker = _worker(settings_for, db)
+    events = _edge_events()
+    async with db.acquire() as conn:
+        # First the all-new statement, then the fallback on an (updated) redelivery.
+        await worker.apply_with_inbox(conn, GROUP, events[:4])
+        await worker.apply_with_inbox(conn, GROUP, events)
+    rows = {r["delivery_id"]: r for r in await db.fetch("SELECT * FROM notify.delivery_log")}
+    assert len(rows) == len(events)
+    for event in events:
+        assert isinstance(event, NotificationSent | NotificationFailed)
+        row = rows[event.delivery_id]
+        sent = isinstance(event, NotificationSent)
+        expected = {
+            "tenant_id": event.tenant_id,
+            "rule_id": event.rule_id,
+            "channel_id": event.channel_id,
+            "channel_type": event.channel_type,
+            "event_id": event.source_event_id,
+            "status": "sent" if sent else "failed",
+            "attempt": event.attempt,
+            "delivered_at": event.sent_at if isinstance(event, NotificationSent) else None,
+            "failed_at": event.failed_at if isinstance(event, NotificationFailed) else None,
+            "status_code": event.status_code,
+            "error": event.error if isinstance(event, NotificationFailed) else None,
+            "retryable": event.retryable if isinstance(event, NotificationFailed) else None,
+            "latency_ms": event.latency_ms,
+            "last_event_id": event.event_id,
+        }
+        assert {k: row[k] for k in expected} == expected, event
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1, None, 0, -7, 2_147_483_647],
+        [True, False, None],
+        ["slack", "teams", "email", "webhook", None],
+        [
+            datetime(2026, 11, 1, tzinfo=UTC),
+            None,
+            datetime(2026, 2, 28, 23, 59, 59, 999_999, tzinfo=UTC),
+            datetime(1999, 12, 31, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+        ],
+        [],
+    ],
+    ids=["int", "bool", "channel-type", "timestamptz", "empty"],
+)
+async def test_array_literals_read_back_as_the_values(db: asyncpg.Pool, values: list[Any]) -> None:
+    kind = {int: "int", bool: "bool", str: "text", datetime: "timestamptz"}
+    present = [v for v in values if v is not None]
+    cast = kind[type(present[0])] if present else "int"
+    read = await db.fetchval(f"SELECT $1::text::{cast}[]", array_literal(values))
+    assert read == values
+
+
+def test_channel_type_names_need_no_quoting_in_an_array_literal() -> None:
+    # array_literal sends channel types unquoted: a name with a space, comma, brace,
+    # quote or backslash would need the binary path instead.
+    for name in get_args(ChannelType):
+        assert name.isascii() and name.replace("_", "").replace("-", "").isalnum(), name
