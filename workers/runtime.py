@@ -112,7 +112,13 @@ def _stream_entries(response: Any, **options: Any) -> list[tuple[bytes, dict[byt
     if not response:
         return []
     entries = next(iter(response.values())) if isinstance(response, dict) else response[0][1]
-    return [(i, dict(zip(kv[::2], kv[1::2], strict=True)) if kv else {}) for i, kv in entries]
+    pairs = []
+    for i, kv in entries:
+        if kv and len(kv) == 4:  # two fields, as our producers write (type, data)
+            pairs.append((i, {kv[0]: kv[1], kv[2]: kv[3]}))
+        else:
+            pairs.append((i, dict(zip(kv[::2], kv[1::2], strict=True)) if kv else {}))
+    return pairs
 
 
 def _decode_failure(cls: type[Event], data: bytes) -> tuple[str, str]:

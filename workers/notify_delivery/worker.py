@@ -101,6 +101,7 @@ _attempt = attrgetter("attempt")
 _status_code = attrgetter("status_code")
 _latency_ms = attrgetter("latency_ms")
 _event_id = attrgetter("event_id")
+_STATUS: dict[type[Event], str] = {NotificationSent: "sent", NotificationFailed: "failed"}
 
 
 def array_literal(values: Sequence[object]) -> str:
@@ -183,19 +184,13 @@ class NotifyDeliveryWorker(Worker):
         return [r[0] for r in rows]
 
     async def after_commit(self, events: Sequence[Event]) -> None:
-        counts: Counter[tuple[str, str]] = Counter()
+        channels = list(map(_channel_type, events))
+        outcomes = Counter(zip(channels, map(type, events), strict=True))
+        for (channel_type, kind), n in outcomes.items():
+            metrics.NOTIFY_DELIVERIES.labels(channel_type, _STATUS[kind]).inc(n)
         latencies: dict[str, list[float]] = {}
-        for e in events:
-            if type(e) is NotificationSent:
-                status = "sent"
-            elif type(e) is NotificationFailed:
-                status = "failed"
-            else:
-                continue
-            counts[(e.channel_type, status)] += 1
-            if e.latency_ms is not None:
-                latencies.setdefault(e.channel_type, []).append(e.latency_ms / 1000)
-        for (channel_type, status), n in counts.items():
-            metrics.NOTIFY_DELIVERIES.labels(channel_type, status).inc(n)
+        for channel_type, latency_ms in zip(channels, map(_latency_ms, events), strict=True):
+            if latency_ms is not None:
+                latencies.setdefault(channel_type, []).append(latency_ms / 1000)
         for channel_type, values in latencies.items():
             metrics.observe_many(metrics.NOTIFY_DELIVERY_LATENCY.labels(channel_type), values)
