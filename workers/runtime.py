@@ -73,6 +73,9 @@ GC_YOUNG_THRESHOLD = 50_000
 
 _REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
 _MAX_ERROR_TEXT = 500
+# How long a stopping consumer waits for its helper tasks (heartbeat, reclaimer,
+# maintenance, the worker's background task) once their work is over.
+_HELPER_STOP_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -227,19 +230,21 @@ class StreamConsumer:
             grace = self.settings.shutdown_grace_seconds
             deadline = time.monotonic() + grace
             done, pending = await asyncio.wait({*readers, *processors}, timeout=grace)
-            for task in pending:
+            if pending:
                 self._hard_stop = True
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+                await _cancel_and_wait(list(pending), seconds=_HELPER_STOP_SECONDS)
             self._acks.put_nowait(None)
             ack_done, ack_pending = await asyncio.wait(
                 {acker}, timeout=max(0.5, deadline - time.monotonic())
             )
-            for task in ack_pending:
-                task.cancel()
             done |= ack_done
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, *helpers, *ack_pending, return_exceptions=True)
+            stuck = await _cancel_and_wait(
+                [heartbeat, *helpers, *ack_pending], seconds=_HELPER_STOP_SECONDS
+            )
+            if stuck:
+                self._log.error(
+                    "consumer.tasks_not_stopping", tasks=sorted(t.get_name() for t in stuck)
+                )
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     self._log.error("consumer.task_failed", error=_text(task.exception()))  # type: ignore[arg-type]  # checked not None just above
@@ -715,6 +720,26 @@ class StreamConsumer:
             child = metrics.EVENTS.labels(self.stream, self.group, type_label, outcome)
             self._children[key] = child
         return child
+
+
+async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, seconds: float) -> set[Any]:
+    """Cancel ``tasks`` and wait until they end, cancelling again any task that is still
+    running every half second: a cancellation can be swallowed (``asyncio.timeout`` in
+    Python 3.11 does when it races its own deadline), and one swallowed cancellation must
+    not hold up the shutdown for ever. Returns the tasks still running after ``seconds``."""
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + seconds
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an ended helper's error is not reported twice
+    return pending
 
 
 def _first_of_each(items: list[_Item], new_ids: set[Any]) -> list[_Item]:

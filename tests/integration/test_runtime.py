@@ -488,3 +488,33 @@ async def test_entries_stay_claimed_while_a_stopping_consumer_drains(
         await poll(lambda: _equals(rows(db), 5), timeout=30, what="rows")
     assert metric("fleet_reclaimed_total", stream=STREAM, group=GROUP) == before
     assert await pending(redis) == 0
+
+
+class SwallowsACancellation(NotifyDeliveryWorker):
+    """A background task that swallows the first cancellation it gets, as a task inside
+    Python 3.11's ``asyncio.timeout`` can when the cancellation races its deadline."""
+
+    swallowed = 0
+
+    async def background(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1
+
+
+async def test_a_swallowed_cancellation_does_not_hold_up_the_stop(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    from workers.runtime import StreamConsumer
+
+    worker = SwallowsACancellation(resources(settings_for(), redis, db))
+    consumer = StreamConsumer(worker, "c1")
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(consumer.ready.wait(), timeout=10)
+    consumer.stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert worker.swallowed == 1
