@@ -179,8 +179,12 @@ class StreamConsumer:
             maxsize=self.settings.prefetch_batches
         )
         # Acknowledgements leave through their own task so the next batch's database
-        # work overlaps the XACK round trip.
+        # work overlaps the XACK round trip. At most `concurrency` batches' ids wait for
+        # it (or are being acknowledged): a processor waits for room, so the entries held
+        # stay bounded even when acknowledging falls behind.
         self._acks: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
+        self._ack_room = asyncio.Semaphore(self.settings.concurrency)
+        self._acker_task: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._readers_left = self.settings.concurrency
         self._held: dict[bytes, None] = {}
@@ -214,6 +218,7 @@ class StreamConsumer:
             for i in range(self.settings.concurrency)
         ]
         acker = asyncio.create_task(self._acker(), name=f"acker:{self.stream}")
+        self._acker_task = acker
         # Keeps held entries fresh until the drain below has finished with them.
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         helpers = [
@@ -238,9 +243,9 @@ class StreamConsumer:
                 {acker}, timeout=max(0.5, deadline - time.monotonic())
             )
             done |= ack_done
-            stuck = await _cancel_and_wait(
-                [heartbeat, *helpers, *ack_pending], seconds=_HELPER_STOP_SECONDS
-            )
+            # Within what is left of the grace period (half a second at least).
+            left = min(_HELPER_STOP_SECONDS, max(0.5, deadline - time.monotonic()))
+            stuck = await _cancel_and_wait([heartbeat, *helpers, *ack_pending], seconds=left)
             if stuck:
                 self._log.error(
                     "consumer.tasks_not_stopping", tasks=sorted(t.get_name() for t in stuck)
@@ -650,6 +655,8 @@ class StreamConsumer:
                     )
                 break
         if out.ack:
+            if self._acker_task is not None and not self._acker_task.done():
+                await self._ack_room.acquire()
             self._acks.put_nowait(out.ack)
 
     async def _acker(self) -> None:
@@ -660,24 +667,37 @@ class StreamConsumer:
             if first is None:
                 return
             ids = list(first)
+            taken = 1
             while not self._acks.empty():
                 more = self._acks.get_nowait()
                 if more is None:
                     finished = True
                     break
                 ids.extend(more)
-            for attempt in range(1, 6):
-                try:
-                    await self.redis.xack(self.stream, self.group, *ids)
-                    break
-                except _REDIS_ERRORS as exc:
-                    # Effects are committed; an unacknowledged entry is redelivered and
-                    # then recognised as a duplicate, so giving up here loses nothing.
-                    self._log.warning("ack.failed", error=_text(exc), attempt=attempt)
-                    if await self._pause(0.2 * attempt) and self._hard_stop:
-                        break
-            for entry_id in ids:
-                self._held.pop(entry_id, None)
+                taken += 1
+            try:
+                await self._acknowledge(ids)
+            finally:
+                for entry_id in ids:
+                    self._held.pop(entry_id, None)
+                for _ in range(taken):
+                    self._ack_room.release()
+
+    async def _acknowledge(self, ids: list[bytes]) -> None:
+        for attempt in range(1, 6):
+            try:
+                await self.redis.xack(self.stream, self.group, *ids)
+                return
+            except _REDIS_ERRORS as exc:
+                # Effects are committed; an unacknowledged entry is redelivered and then
+                # recognised as a duplicate, so giving up here loses nothing.
+                self._log.warning("ack.failed", error=_text(exc), attempt=attempt)
+                if await self._pause(0.2 * attempt) and self._hard_stop:
+                    return
+            except redis_exc.ResponseError as exc:
+                # Refused by the server (e.g. an ACL change): the entries stay pending.
+                self._log.error("ack.refused", error=_text(exc))
+                return
 
     def _observe(self, batch: Batch, out: _Outcome, elapsed: float) -> None:
         size = len(batch.entries)

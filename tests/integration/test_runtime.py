@@ -452,7 +452,7 @@ async def test_entries_held_in_memory_stay_bounded_whatever_the_backlog(
         seconds: ClassVar[float] = 0.05
 
     settings = settings_for(batch_size=50, prefetch_batches=1, concurrency=2)
-    bound = (settings.prefetch_batches + 2 * settings.concurrency) * settings.batch_size
+    bound = (settings.prefetch_batches + 3 * settings.concurrency) * settings.batch_size
     await publish(redis, STREAM, _valid(20, 3000))
     worker = Brief(resources(settings, redis, db))
     most = 0
@@ -518,3 +518,39 @@ async def test_a_swallowed_cancellation_does_not_hold_up_the_stop(
     consumer.stop()
     await asyncio.wait_for(task, timeout=10)
     assert worker.swallowed == 1
+
+
+async def test_entries_held_stay_bounded_while_acknowledging_is_stuck(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    from workers.runtime import StreamConsumer
+
+    settings = settings_for(batch_size=50, prefetch_batches=1, concurrency=2)
+    bound = (settings.prefetch_batches + 3 * settings.concurrency) * settings.batch_size
+    await publish(redis, STREAM, _valid(21, 3000))
+    consumer = StreamConsumer(NotifyDeliveryWorker(resources(settings, redis, db)), "c1")
+    gate = asyncio.Event()
+    xack = consumer.redis.xack
+
+    async def stuck_xack(*args: Any) -> Any:
+        await gate.wait()
+        return await xack(*args)
+
+    consumer.redis.xack = stuck_xack
+    task = asyncio.create_task(consumer.run())
+    try:
+        # Every processor ends up waiting for room to hand over its acknowledgements,
+        # the queue fills, the readers wait: nothing more is read.
+        async def backed_up() -> bool:
+            return consumer._ack_room.locked() and consumer._queue.full()
+
+        await poll(backed_up, what="the consumer backed up behind acknowledging")
+        assert len(consumer._held) <= bound
+        assert await rows(db) < 3000
+        gate.set()
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), timeout=60, what="drained")
+        assert await rows(db) == 3000
+    finally:
+        gate.set()
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=30)
