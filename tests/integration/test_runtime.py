@@ -554,3 +554,37 @@ async def test_entries_held_stay_bounded_while_acknowledging_is_stuck(
         gate.set()
         consumer.stop()
         await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_refused_acknowledgement_leaves_entries_pending_and_the_acker_running(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    import redis.exceptions as redis_exc
+
+    from workers.runtime import StreamConsumer
+
+    settings = settings_for(batch_size=20, reclaim_idle_seconds=0.3)
+    consumer = StreamConsumer(NotifyDeliveryWorker(resources(settings, redis, db)), "c1")
+    xack = consumer.redis.xack
+    refused = 0
+
+    async def refuse_once(*args: Any) -> Any:
+        nonlocal refused
+        if not refused:
+            refused += 1
+            raise redis_exc.ResponseError("NOPERM this user has no permissions to run 'xack'")
+        return await xack(*args)
+
+    consumer.redis.xack = refuse_once
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(consumer.ready.wait(), timeout=10)
+        await publish(redis, STREAM, _valid(22, 100))
+        # The refused batch stays pending, is reclaimed once idle and acknowledged then,
+        # and the acknowledgements of every other batch go through meanwhile.
+        await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
+        assert refused == 1 and await rows(db) == 100
+        assert consumer._acker_task is not None and not consumer._acker_task.done()
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=30)
