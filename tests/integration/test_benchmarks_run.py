@@ -1,0 +1,37 @@
+"""The benchmarks under tests/perf/ still run end to end: each is started on a tiny
+workload and must finish and print its figures. Nothing about the figures is asserted
+(they are measurements, printed for people; see README "Measured")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PERF = Path(__file__).resolve().parents[1] / "perf"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "printed"),
+    [
+        ("bench_runtime.py", ["--events", "2000", "--rounds", "1"], ["ratio b/a", "ratio c/a"]),
+        ("bench_scan_metrics.py", ["--scans", "500", "--rounds", "1"], ["ratio c/a"]),
+        ("bench_vex.py", ["--purls", "200"], ["pairs/s", "round trips"]),
+    ],
+    ids=["runtime", "scan-metrics", "vex"],
+)
+def test_benchmark_runs_and_prints_its_figures(
+    script: str, args: list[str], printed: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(PERF / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for text in printed:
+        assert text in result.stdout, result.stdout[-2000:]
