@@ -758,7 +758,7 @@ async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, seconds: float
         _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
     for task in tasks:
         if task.done() and not task.cancelled():
-            task.exception()  # retrieved: an ended helper's error is not reported twice
+            task.exception()  # retrieved, so asyncio does not warn it was never looked at
     return pending
 
 

@@ -509,51 +509,40 @@ class SwallowsACancellation(NotifyDeliveryWorker):
 async def test_a_swallowed_cancellation_does_not_hold_up_the_stop(
     redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
-    from workers.runtime import StreamConsumer
-
     worker = SwallowsACancellation(resources(settings_for(), redis, db))
-    consumer = StreamConsumer(worker, "c1")
-    task = asyncio.create_task(consumer.run())
-    await asyncio.wait_for(consumer.ready.wait(), timeout=10)
-    consumer.stop()
-    await asyncio.wait_for(task, timeout=10)
+    async with running(worker):
+        pass  # running() stops it and fails if the stop does not end
     assert worker.swallowed == 1
 
 
 async def test_entries_held_stay_bounded_while_acknowledging_is_stuck(
     redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
-    from workers.runtime import StreamConsumer
-
     settings = settings_for(batch_size=50, prefetch_batches=1, concurrency=2)
     bound = (settings.prefetch_batches + 3 * settings.concurrency) * settings.batch_size
     await publish(redis, STREAM, _valid(21, 3000))
-    consumer = StreamConsumer(NotifyDeliveryWorker(resources(settings, redis, db)), "c1")
     gate = asyncio.Event()
-    xack = consumer.redis.xack
+    xack = redis.xack
 
     async def stuck_xack(*args: Any) -> Any:
         await gate.wait()
         return await xack(*args)
 
-    consumer.redis.xack = stuck_xack
-    task = asyncio.create_task(consumer.run())
-    try:
-        # Every processor ends up waiting for room to hand over its acknowledgements,
-        # the queue fills, the readers wait: nothing more is read.
-        async def backed_up() -> bool:
-            return consumer._ack_room.locked() and consumer._queue.full()
+    redis.xack = stuck_xack
+    async with running(NotifyDeliveryWorker(resources(settings, redis, db))) as consumer:
+        try:
+            # Every processor ends up waiting for room to hand over its acknowledgements,
+            # the queue fills, the readers wait: nothing more is read.
+            async def backed_up() -> bool:
+                return consumer._ack_room.locked() and consumer._queue.full()
 
-        await poll(backed_up, what="the consumer backed up behind acknowledging")
-        assert len(consumer._held) <= bound
-        assert await rows(db) < 3000
-        gate.set()
+            await poll(backed_up, what="the consumer backed up behind acknowledging")
+            assert len(consumer._held) <= bound
+            assert await rows(db) < 3000
+        finally:
+            gate.set()
         await poll(lambda: _lag_zero_and_nothing_pending(redis), timeout=60, what="drained")
         assert await rows(db) == 3000
-    finally:
-        gate.set()
-        consumer.stop()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def test_a_refused_acknowledgement_leaves_entries_pending_and_the_acker_running(
@@ -561,11 +550,7 @@ async def test_a_refused_acknowledgement_leaves_entries_pending_and_the_acker_ru
 ) -> None:
     import redis.exceptions as redis_exc
 
-    from workers.runtime import StreamConsumer
-
-    settings = settings_for(batch_size=20, reclaim_idle_seconds=0.3)
-    consumer = StreamConsumer(NotifyDeliveryWorker(resources(settings, redis, db)), "c1")
-    xack = consumer.redis.xack
+    xack = redis.xack
     refused = 0
 
     async def refuse_once(*args: Any) -> Any:
@@ -575,16 +560,12 @@ async def test_a_refused_acknowledgement_leaves_entries_pending_and_the_acker_ru
             raise redis_exc.ResponseError("NOPERM this user has no permissions to run 'xack'")
         return await xack(*args)
 
-    consumer.redis.xack = refuse_once
-    task = asyncio.create_task(consumer.run())
-    try:
-        await asyncio.wait_for(consumer.ready.wait(), timeout=10)
+    redis.xack = refuse_once
+    settings = settings_for(batch_size=20, reclaim_idle_seconds=0.3)
+    async with running(NotifyDeliveryWorker(resources(settings, redis, db))) as consumer:
         await publish(redis, STREAM, _valid(22, 100))
         # The refused batch stays pending, is reclaimed once idle and acknowledged then,
         # and the acknowledgements of every other batch go through meanwhile.
         await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
         assert refused == 1 and await rows(db) == 100
         assert consumer._acker_task is not None and not consumer._acker_task.done()
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, timeout=30)
