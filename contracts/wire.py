@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from contracts.base import Event, UnsupportedVersion
+from contracts.base import Event
 from contracts.registry import event_class
 
 E = TypeVar("E", bound=Event)
@@ -56,7 +56,10 @@ def encode_entry(event: Event) -> dict[str, bytes]:
 
 
 def decode_data(cls: type[E], data: bytes) -> E:
-    """Decode ``data`` as ``cls``; raise :class:`DecodeError` with a reason code."""
+    """Decode ``data`` as ``cls``; raise :class:`DecodeError` with a reason code.
+
+    The one decode path of the fleet: the consumers' triage, ``fleet publish`` and the
+    fuzz harnesses all come through here."""
     try:
         event: E = _decoder(cls).decode(data)
     except msgspec.ValidationError as exc:
@@ -70,10 +73,8 @@ def decode_data(cls: type[E], data: bytes) -> E:
         # msgspec raises these, not its DecodeError, for JSON nested past the recursion
         # limit and for strings that are not UTF-8.
         raise DecodeError("malformed_json", f"{type(exc).__name__}: {exc}") from None
-    try:
-        event.check_version()
-    except UnsupportedVersion as exc:
-        raise DecodeError("unsupported_version", str(exc)) from None
+    if event.version not in cls.supported_versions:
+        raise DecodeError("unsupported_version", _version_message(cls, event.version))
     return event
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from prometheus_client import REGISTRY
 
-from workers.base import Resources, Worker
 from workers.db import load_migrations, migrate, schema_dir
-from workers.runtime import StreamConsumer
+from workers.kernel import NoInbox, PgInbox, StreamConsumer
+from workers.kernel.inbox import Inbox, apply_new
+from workers.kernel.worker import Resources, Worker
 
 
 async def poll(
@@ -36,9 +38,12 @@ async def poll(
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker, consumer: str = "c1") -> AsyncIterator[StreamConsumer]:
-    """Run ``worker`` as one consumer until the block exits, then stop it gracefully."""
-    runner = StreamConsumer(worker, consumer)
+async def running(
+    worker: Worker[Any, Any], consumer: str = "c1", inbox: Inbox | None = None
+) -> AsyncIterator[StreamConsumer]:
+    """Run ``worker`` as one consumer until the block exits, then stop it gracefully.
+    The inbox defaults to the worker's database (none without a pool)."""
+    runner = StreamConsumer(worker, consumer, inbox or inbox_of(worker))
     task = asyncio.create_task(runner.run())
     await asyncio.wait_for(runner.ready.wait(), timeout=10)
     try:
@@ -46,6 +51,37 @@ async def running(worker: Worker, consumer: str = "c1") -> AsyncIterator[StreamC
     finally:
         runner.stop()
         await asyncio.wait_for(task, timeout=30)
+
+
+async def apply_directly(
+    worker: Worker[Any, Any], pool: asyncpg.Pool, events: Any, *, group: str | None = None
+) -> Any:
+    """Apply ``events`` through ``worker`` as the kernel would, without a stream: one
+    transaction recording them in the inbox of ``group`` (by default a new group each
+    call, so applying the same events again exercises the statement, not the inbox).
+    Returns ``apply``'s result."""
+    chosen = group or f"direct-{uuid.uuid4().hex[:8]}"
+    _, result = await apply_new(PgInbox(pool), chosen, worker.apply, list(events))
+    return result
+
+
+class OpenTx:
+    """The kernel's transaction as ``apply`` sees it, over a connection whose transaction
+    the test opened itself (for workers that use ``tx.connection()``)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, *params: Any) -> None:
+        raise NotImplementedError("use apply_directly for composed statements")
+
+    async def connection(self) -> Any:
+        return self._conn
+
+
+def inbox_of(worker: Worker[Any, Any]) -> Inbox:
+    pool = worker.resources.pool
+    return NoInbox() if pool is None else PgInbox(pool)
 
 
 def with_database(url: str, database: str) -> str:

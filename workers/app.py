@@ -18,11 +18,11 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 
 from workers import streams
-from workers.base import Resources, Worker
 from workers.db import create_pool
 from workers.errors import ConfigError
 from workers.http import OpsServer
-from workers.runtime import StreamConsumer, tune_gc
+from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
+from workers.kernel.worker import Resources, Worker
 from workers.settings import Settings
 
 log = structlog.get_logger("workers.app")
@@ -44,7 +44,7 @@ class Service(Protocol):
     name: str
     uses_s3: bool
 
-    async def run(self, stopping: asyncio.Event) -> None: ...
+    async def run(self, stopping: Stopping) -> None: ...
 
 
 def available_workers() -> list[str]:
@@ -111,7 +111,7 @@ class Fleet:
     names: list[str]
     consumers: list[StreamConsumer] = field(default_factory=list)
     services: list[Any] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: Stopping = field(default_factory=Stopping)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     server: OpsServer | None = None
     failed: bool = False
@@ -154,9 +154,11 @@ class Fleet:
         async with open_resources(self.settings, need_s3=need_s3) as resources:
             tasks: list[asyncio.Task[None]] = []
             extra_routes: list[Any] = []
+            assert resources.pool is not None  # open_resources always opens the pool
+            inbox = PgInbox(resources.pool)
             for cls in classes:
                 if isinstance(cls, type) and issubclass(cls, Worker):
-                    consumer = StreamConsumer(cls(resources), consumer_name)
+                    consumer = StreamConsumer(cls(resources), consumer_name, inbox)
                     self.consumers.append(consumer)
                     tasks.append(asyncio.create_task(consumer.run(), name=cls.name))
                 else:

@@ -325,7 +325,7 @@ def dlq_list(
     _check_stream(stream)
     cfg = settings()
 
-    async def go() -> list[streams.DeadLetter]:
+    async def go() -> list[streams.DlqEntry]:
         async with _valkey(cfg) as client:
             return await streams.dlq_entries(client, stream, count=count, reason=reason)
 

@@ -9,7 +9,7 @@ file is refused.
 
 from __future__ import annotations
 
-import asyncio
+import enum
 import hashlib
 import re
 from collections.abc import Callable
@@ -32,36 +32,71 @@ DbConn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 MIGRATION_LOCK_KEY = 0x5F1EE7_0001  # arbitrary, fixed: one lock per database for migrations
 
-_TRANSIENT_SQLSTATES = frozenset(
+
+class Failure(enum.Enum):
+    """What a failed database call says about trying again."""
+
+    OUTAGE = "outage"
+    """The server is unreachable or going away (refused, lost, shutting down, starting
+    up): wait and try again for as long as it takes; the event is not at fault."""
+    CONTENTION = "contention"
+    """Serialization failure, deadlock, lock or statement timeout: worth a few more tries
+    within a budget; an event that keeps hitting it is released for redelivery."""
+    REJECTED = "rejected"
+    """A data exception (SQLSTATE class 22) or integrity constraint violation (23): the
+    same statement with the same event can never succeed."""
+    OTHER = "other"
+    """Anything else: not retried in process; redelivered up to ``max_deliveries``."""
+
+
+_OUTAGE_SQLSTATES = frozenset(
     {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available
-        "57014",  # query_canceled (statement timeout)
         "57P01",  # admin_shutdown
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now
         "53300",  # too_many_connections
     }
 )
+_CONTENTION_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57014",  # query_canceled (statement timeout)
+    }
+)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying in process: connection loss, serialization, deadlock, timeouts."""
+def classify(exc: BaseException) -> Failure:
+    """Sort a failure of a database call into a :class:`Failure`."""
     if isinstance(exc, pgexc.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
-    return isinstance(
+        if sqlstate in _OUTAGE_SQLSTATES or sqlstate.startswith("08"):
+            return Failure.OUTAGE
+        if sqlstate in _CONTENTION_SQLSTATES:
+            return Failure.CONTENTION
+        if sqlstate[:2] in ("22", "23"):
+            return Failure.REJECTED
+        return Failure.OTHER
+    if isinstance(exc, TimeoutError):
+        # The driver's own command timeout: the server is there but slow.
+        return Failure.CONTENTION
+    if isinstance(
         exc,
         (
             ConnectionError,
             OSError,
-            TimeoutError,
-            asyncio.TimeoutError,
             pgexc.InterfaceError,
             pgexc.ConnectionDoesNotExistError,
         ),
-    )
+    ):
+        return Failure.OUTAGE
+    return Failure.OTHER
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    value = getattr(exc, "sqlstate", None)
+    return value if isinstance(value, str) else None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -86,7 +121,12 @@ def _json_loads(value: str) -> Any:
 
 
 async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
-    """Open a pool or fail with one line naming the database (password redacted)."""
+    """Open a pool or fail with one line naming the database (password redacted).
+
+    Every statement on it is bounded by ``FLEET_DB_STATEMENT_TIMEOUT_MS`` on the server
+    (``statement_timeout``, SQLSTATE 57014 when hit), and by the driver a little later
+    in case the server cannot even answer."""
+    timeout_ms = settings.db_statement_timeout_ms
     try:
         pool = await asyncpg.create_pool(
             settings.database_url,
@@ -94,7 +134,8 @@ async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
             max_size=max_size,
             init=_init_connection,
             timeout=10,
-            command_timeout=60,
+            command_timeout=timeout_ms / 1000 + 10,
+            server_settings={"statement_timeout": str(timeout_ms)},
         )
     except (
         OSError,
@@ -213,6 +254,8 @@ async def migrate(
 ) -> MigrationPlan:
     """Apply pending migrations under an advisory lock; with ``check_only`` apply nothing."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    # A migration may rewrite a large table: the workers' statement timeout is not for it.
+    await conn.execute("SET statement_timeout = 0")
     try:
         await conn.execute(_MIGRATIONS_TABLE)
         plan = await _plan(conn, migrations)

@@ -28,3 +28,11 @@ class Permanent(FleetError):
 
 class Retryable(FleetError):
     """Leave the entry pending for redelivery."""
+
+
+_MAX_ERROR_TEXT = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message``, cut to a length fit for a log line or a dead letter."""
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT]

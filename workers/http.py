@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import workers
-from workers.base import Resources
+from workers.kernel.worker import Resources
 
 Check = Callable[[], Awaitable[None]]
 

@@ -57,6 +57,11 @@ TRIMMED_UNCONSUMED = Counter(
     "Entries removed by the hard length cap before every group had consumed them.",
     ["stream"],
 )
+AFTER_COMMIT_FAILURES = Counter(
+    "fleet_after_commit_failures_total",
+    "Batches whose after-commit step (publishing, metrics) failed; never applied again.",
+    ["stream", "group"],
+)
 
 # scan-metrics (SPEC §5.1)
 SCAN_TTE_SECONDS = Histogram(

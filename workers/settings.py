@@ -43,6 +43,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # with the next batch's decoding. Effects must converge in any order anyway.
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
     max_deliveries: Positive = 5
+    # How long a batch keeps retrying contention (serialization failures, deadlocks, lock
+    # and statement timeouts) in process before its entries are tried one by one, and
+    # how long those tries may retry; default: half the group's reclaim idle time.
+    retry_budget_seconds: PositiveFloat | None = None
+    # statement_timeout of every worker statement, in milliseconds.
+    db_statement_timeout_ms: Positive = 30_000
     shutdown_grace_seconds: PositiveFloat = 25.0
     # Overrides every stream's reclaim idle time when set (tests, incident response).
     reclaim_idle_seconds: PositiveFloat | None = None

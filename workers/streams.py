@@ -131,12 +131,23 @@ def _id_text(parts: tuple[int, int]) -> str:
     return f"{parts[0]}-{parts[1]}"
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry on its way to ``<stream>:dlq``: why, the last error, how often delivered."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: str
+    error: str
+    deliveries: int
+
+
 async def dead_letter(
     client: aioredis.Redis,
     stream: str,
     group: str,
     consumer: str,
-    entries: Sequence[tuple[bytes, dict[bytes, bytes], str, str, int]],
+    entries: Sequence[DeadLetter],
 ) -> None:
     """``MULTI; XADD <stream>:dlq …; XACK stream group id; EXEC`` per entry.
 
@@ -145,22 +156,22 @@ async def dead_letter(
     """
     now_ms = str(int(time.time() * 1000))
     async with client.pipeline(transaction=True) as pipe:
-        for entry_id, fields, reason, error, deliveries in entries:
-            record: dict[Any, Any] = dict(fields)
+        for dead in entries:
+            record: dict[Any, Any] = dict(dead.fields)
             record.update(
                 {
                     "dlq.stream": stream,
                     "dlq.group": group,
                     "dlq.consumer": consumer,
-                    "dlq.reason": reason,
-                    "dlq.error": error[:1000],
-                    "dlq.deliveries": str(deliveries),
-                    "dlq.source_id": entry_id,
+                    "dlq.reason": dead.reason,
+                    "dlq.error": dead.error[:1000],
+                    "dlq.deliveries": str(dead.deliveries),
+                    "dlq.source_id": dead.entry_id,
                     "dlq.at": now_ms,
                 }
             )
             pipe.xadd(dlq_name(stream), record)
-            pipe.xack(stream, group, entry_id)
+            pipe.xack(stream, group, dead.entry_id)
         await pipe.execute()
 
 
@@ -439,7 +450,10 @@ async def trim_stream(
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DlqEntry:
+    """An entry of ``<stream>:dlq`` as read back: its id and fields (``dlq.*`` and the
+    original ones)."""
+
     id: str
     fields: dict[str, bytes]
 
@@ -453,22 +467,22 @@ class DeadLetter:
 
 async def _dlq_pages(
     client: aioredis.Redis, stream: str, page: int = 500
-) -> AsyncIterator[list[DeadLetter]]:
+) -> AsyncIterator[list[DlqEntry]]:
     """``XRANGE <stream>:dlq (<last> + COUNT page`` until the end, oldest first."""
     cursor = "-"
     while True:
         rows: Any = await client.xrange(dlq_name(stream), cursor, "+", count=page)
         if not rows:
             return
-        yield [DeadLetter(_s(eid), {_s(k): v for k, v in f.items()}) for eid, f in rows]
+        yield [DlqEntry(_s(eid), {_s(k): v for k, v in f.items()}) for eid, f in rows]
         cursor = f"({_s(rows[-1][0])}"
 
 
 async def dlq_entries(
     client: aioredis.Redis, stream: str, *, count: int = 100, reason: str | None = None
-) -> list[DeadLetter]:
+) -> list[DlqEntry]:
     """The first ``count`` dead letters (with ``reason``, when given), oldest first."""
-    found: list[DeadLetter] = []
+    found: list[DlqEntry] = []
     async for page in _dlq_pages(client, stream):
         found.extend(d for d in page if reason is None or d.reason == reason)
         if len(found) >= count:

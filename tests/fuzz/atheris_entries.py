@@ -28,9 +28,9 @@ with atheris.instrument_imports():
     from contracts.registry import STREAMS
     from contracts.wire import DecodeError, decode_event
     from workers.app import WORKERS, available_workers, resolve
-    from workers.base import Resources, Worker
     from workers.cli import parse_publish_lines
-    from workers.runtime import Batch, StreamConsumer, _Outcome
+    from workers.kernel.handling import triage_for
+    from workers.kernel.worker import Resources, Worker
     from workers.settings import load_settings
     from workers.snapshot_retention.core import normalize_payload
     from workers.vex_consensus.documents import DocumentError, parse_document
@@ -41,8 +41,8 @@ KNOWN: tuple[type[Exception], ...] = (
 TYPES = sorted(name for c in STREAMS.values() for name in c.types_by_name())
 STREAM_NAMES = sorted(STREAMS)
 _settings = load_settings({}, max_deliveries=5)
-CONSUMERS = [
-    StreamConsumer(cls(Resources(settings=_settings, redis=None)), "atheris")  # type: ignore[arg-type]
+TRIAGES = [
+    triage_for(cls(Resources(settings=_settings, redis=None)))  # type: ignore[arg-type]
     for cls in resolve([n for n in available_workers() if n in WORKERS])
     if isinstance(cls, type) and issubclass(cls, Worker)
 ]
@@ -63,16 +63,15 @@ def _fields(fdp: atheris.FuzzedDataProvider) -> dict[bytes, bytes]:
 
 
 def _runtime(fdp: atheris.FuzzedDataProvider) -> None:
-    consumer = CONSUMERS[fdp.ConsumeIntInRange(0, len(CONSUMERS) - 1)]
+    triage = TRIAGES[fdp.ConsumeIntInRange(0, len(TRIAGES) - 1)]
     deliveries = fdp.ConsumeIntInRange(1, 8)
     fields = _fields(fdp)
-    out = _Outcome()
-    items = consumer._decode(Batch([(b"1-0", fields)], {b"1-0": deliveries}), out)
-    placed = len(items) + len(out.ack) + len(out.dead)
+    out = triage([(b"1-0", fields)], {b"1-0": deliveries})
+    placed = len(out.items) + len(out.ack) + len(out.dead)
     if placed != 1:
         raise AssertionError(f"entry placed {placed} times: {fields!r}")
-    for _, _, reason, detail, _ in out.dead:
-        if not reason or not isinstance(detail, str):
+    for dead in out.dead:
+        if not dead.reason or not isinstance(dead.error, str):
             raise AssertionError(f"dead letter without a reason: {fields!r}")
 
 

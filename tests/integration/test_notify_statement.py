@@ -1,6 +1,6 @@
-"""notify-delivery's batch statement: a batch of new events takes the plain inbox insert,
-a batch holding a redelivered event falls back to the conflict-tolerant one, and either
-way the new events, and only they, are recorded and reported."""
+"""notify-delivery's batch statement behind the kernel's inbox: a batch of new events is
+one statement; a batch holding a redelivered event is told so by the inbox key, and the
+new events, and only they, are then recorded and reported."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from contracts import Event
 from contracts.notify import ChannelType, NotificationFailed, NotificationSent
 from tests.helpers import resources
 from workers import workload
+from workers.kernel import PgInbox
+from workers.kernel.inbox import apply_new
 from workers.notify_delivery import NotifyDeliveryWorker
 from workers.notify_delivery.worker import array_literal
 
@@ -24,6 +26,12 @@ GROUP = "notify-workers"
 def _worker(settings_for: Any, db: asyncpg.Pool) -> NotifyDeliveryWorker:
     # The statement needs no Valkey: nothing is read from or written to a stream here.
     return NotifyDeliveryWorker(resources(settings_for(), None, db))
+
+
+async def _apply(worker: NotifyDeliveryWorker, db: asyncpg.Pool, events: list[Event]) -> list[Any]:
+    """What the kernel does with a batch: the ids of the events applied."""
+    fresh, _ = await apply_new(PgInbox(db), GROUP, worker.apply, events)  # type: ignore[arg-type]  # notification events only
+    return [e.event_id for e in fresh]
 
 
 async def _recorded(db: asyncpg.Pool) -> set[Any]:
@@ -54,11 +62,10 @@ async def test_new_events_then_a_batch_mixing_old_and_new(
 ) -> None:
     worker = _worker(settings_for, db)
     first, second = _distinct_deliveries(200, seed=1), _distinct_deliveries(200, seed=2)
-    async with db.acquire() as conn:
-        new = await worker.apply_with_inbox(conn, GROUP, first)
-        assert set(new) == {e.event_id for e in first}
-        mixed = first[::2] + second
-        new = await worker.apply_with_inbox(conn, GROUP, mixed)
+    new = await _apply(worker, db, first)
+    assert set(new) == {e.event_id for e in first}
+    mixed = first[::2] + second
+    new = await _apply(worker, db, mixed)
     assert set(new) == {e.event_id for e in second}
     assert await _recorded(db) == {e.event_id for e in first + second}
     assert await _inbox(db) == 400
@@ -67,9 +74,8 @@ async def test_new_events_then_a_batch_mixing_old_and_new(
 async def test_all_redelivered_reports_nothing_new(db: asyncpg.Pool, settings_for: Any) -> None:
     worker = _worker(settings_for, db)
     events = _distinct_deliveries(50, seed=3)
-    async with db.acquire() as conn:
-        await worker.apply_with_inbox(conn, GROUP, events)
-        assert list(await worker.apply_with_inbox(conn, GROUP, events)) == []
+    await _apply(worker, db, events)
+    assert list(await _apply(worker, db, events)) == []
     assert await _inbox(db) == 50
 
 
@@ -78,24 +84,9 @@ async def test_the_same_new_event_twice_in_a_batch_is_new_once(
 ) -> None:
     worker = _worker(settings_for, db)
     events = _distinct_deliveries(10, seed=4)
-    async with db.acquire() as conn:
-        new = await worker.apply_with_inbox(conn, GROUP, events + events[:3])
+    new = await _apply(worker, db, events + events[:3])
     assert sorted(new) == sorted(e.event_id for e in events)
     assert await _inbox(db) == 10
-
-
-async def test_inside_a_transaction_a_redelivery_does_not_abort_it(
-    db: asyncpg.Pool, settings_for: Any
-) -> None:
-    worker = _worker(settings_for, db)
-    old, fresh = _distinct_deliveries(20, seed=5), _distinct_deliveries(20, seed=6)
-    async with db.acquire() as conn:
-        await worker.apply_with_inbox(conn, GROUP, old)
-        async with conn.transaction():
-            new = await worker.apply_with_inbox(conn, GROUP, old[:5] + fresh)
-            assert await conn.fetchval("SELECT 1") == 1  # the transaction is still usable
-    assert set(new) == {e.event_id for e in fresh}
-    assert await _inbox(db) == 40
 
 
 def _edge_events() -> list[Event]:
@@ -133,10 +124,9 @@ def _edge_events() -> list[Event]:
 async def test_every_column_holds_the_events_values(db: asyncpg.Pool, settings_for: Any) -> None:
     worker = _worker(settings_for, db)
     events = _edge_events()
-    async with db.acquire() as conn:
-        # First the all-new statement, then the fallback on an (updated) redelivery.
-        await worker.apply_with_inbox(conn, GROUP, events[:4])
-        await worker.apply_with_inbox(conn, GROUP, events)
+    # First the all-new statement, then the fallback on an (updated) redelivery.
+    await _apply(worker, db, events[:4])
+    await _apply(worker, db, events)
     rows = {r["delivery_id"]: r for r in await db.fetch("SELECT * FROM notify.delivery_log")}
     assert len(rows) == len(events)
     for event in events:

@@ -14,7 +14,9 @@ from contracts.notify import NotificationFailed, NotificationSent
 from tests.helpers import metric, poll, resources, running
 from workers import streams, workload
 from workers.demo import publish
+from workers.kernel import PgInbox, Stopping, StreamConsumer, Tx
 from workers.notify_delivery import NotifyDeliveryWorker
+from workers.notify_delivery.worker import Delivery
 
 STREAM = "notify:delivery"
 GROUP = "notify-workers"
@@ -173,9 +175,7 @@ class Flaky(NotifyDeliveryWorker):
     poison: ClassVar[set[uuid.UUID]] = set()
     transient_left: ClassVar[dict[uuid.UUID, int]] = {}
 
-    async def apply_with_inbox(
-        self, conn: Any, group: str, events: Sequence[Event]
-    ) -> list[uuid.UUID]:
+    async def apply(self, tx: Tx, events: Sequence[Delivery]) -> None:
         for e in events:
             if not isinstance(e, NotificationSent | NotificationFailed):
                 continue
@@ -184,8 +184,8 @@ class Flaky(NotifyDeliveryWorker):
             left = self.transient_left.get(e.delivery_id, 0)
             if left:
                 self.transient_left[e.delivery_id] = left - 1
-                raise ConnectionResetError("database connection reset")
-        return await super().apply_with_inbox(conn, group, events)
+                raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return await super().apply(tx, events)
 
 
 async def test_poison_event_is_dead_lettered_after_max_deliveries_and_others_proceed(
@@ -330,12 +330,10 @@ class Slow(NotifyDeliveryWorker):
     seconds: ClassVar[float] = 1.5
     calls: ClassVar[list[int]] = []
 
-    async def apply_with_inbox(
-        self, conn: Any, group: str, events: Sequence[Event]
-    ) -> list[uuid.UUID]:
+    async def apply(self, tx: Tx, events: Sequence[Delivery]) -> None:
         self.calls.append(len(events))
         await asyncio.sleep(self.seconds)  # the slow handler under test, not synchronisation
-        return await super().apply_with_inbox(conn, group, events)
+        return await super().apply(tx, events)
 
 
 async def test_a_handler_slower_than_the_idle_time_keeps_its_entries(
@@ -361,8 +359,6 @@ async def _truthy(value: bool) -> bool:
 async def test_inbox_rows_past_retention_are_expired_in_bounded_batches(
     redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
-    from workers.runtime import StreamConsumer
-
     old, recent = uuid.uuid4(), uuid.uuid4()
     await db.execute(
         "INSERT INTO fleet.inbox (event_id, group_name, processed_at) VALUES "
@@ -373,7 +369,7 @@ async def test_inbox_rows_past_retention_are_expired_in_bounded_batches(
         GROUP,
     )
     worker = NotifyDeliveryWorker(resources(settings_for(inbox_retention_days=30), redis, db))
-    await StreamConsumer(worker, "c1")._expire_inbox()
+    await StreamConsumer(worker, "c1", PgInbox(db)).housekeeping.expire_inbox()
     left = {
         (r["event_id"], r["group_name"])
         for r in await db.fetch("SELECT event_id, group_name FROM fleet.inbox")
@@ -460,7 +456,7 @@ async def test_entries_held_in_memory_stay_bounded_whatever_the_backlog(
 
         async def done() -> bool:
             nonlocal most
-            most = max(most, len(consumer._held))
+            most = max(most, len(consumer.held))
             return await rows(db) == 3000
 
         await poll(done, timeout=60, what="the backlog handled")
@@ -470,11 +466,11 @@ async def test_entries_held_in_memory_stay_bounded_whatever_the_backlog(
 async def test_entries_stay_claimed_while_a_stopping_consumer_drains(
     redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
-    from workers.runtime import StreamConsumer
-
     Slow.calls = []
     slow = StreamConsumer(
-        Slow(resources(settings_for(reclaim_idle_seconds=0.5, batch_size=5), redis, db)), "slow"
+        Slow(resources(settings_for(reclaim_idle_seconds=0.5, batch_size=5), redis, db)),
+        "slow",
+        PgInbox(db),
     )
     other = NotifyDeliveryWorker(resources(settings_for(reclaim_idle_seconds=0.5), redis, db))
     before = metric("fleet_reclaimed_total", stream=STREAM, group=GROUP)
@@ -496,10 +492,10 @@ class SwallowsACancellation(NotifyDeliveryWorker):
 
     swallowed = 0
 
-    async def background(self) -> None:
+    async def background(self, stopping: Stopping) -> None:
         while True:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.sleep(3600)  # ignores the stop request on purpose
             except asyncio.CancelledError:
                 if self.swallowed:
                     raise
@@ -534,10 +530,10 @@ async def test_entries_held_stay_bounded_while_acknowledging_is_stuck(
             # Every processor ends up waiting for room to hand over its acknowledgements,
             # the queue fills, the readers wait: nothing more is read.
             async def backed_up() -> bool:
-                return consumer._ack_room.locked() and consumer._queue.full()
+                return consumer.held.ack_backed_up and consumer.queue.full()
 
             await poll(backed_up, what="the consumer backed up behind acknowledging")
-            assert len(consumer._held) <= bound
+            assert len(consumer.held) <= bound
             assert await rows(db) < 3000
         finally:
             gate.set()
@@ -568,4 +564,4 @@ async def test_a_refused_acknowledgement_leaves_entries_pending_and_the_acker_ru
         # and the acknowledgements of every other batch go through meanwhile.
         await poll(lambda: _lag_zero_and_nothing_pending(redis), what="drained")
         assert refused == 1 and await rows(db) == 100
-        assert consumer._acker_task is not None and not consumer._acker_task.done()
+        assert consumer.acker.task is not None and not consumer.acker.task.done()

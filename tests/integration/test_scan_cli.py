@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from contracts.scanner import ScanCompleted, ScanFailed
-from tests.helpers import fleet_cli, resources
+from tests.helpers import apply_directly, fleet_cli, resources
 from workers import workload
 from workers.scan_metrics import ScanMetricsWorker
 
@@ -31,8 +31,7 @@ def _interpolate(values: Sequence[int], p: float) -> float:
 
 async def _record(db: asyncpg.Pool, settings_for: Any, events: Sequence[Any]) -> None:
     worker = ScanMetricsWorker(resources(settings_for(), None, db))
-    async with db.acquire() as conn, conn.transaction():
-        await worker.apply(conn, events)
+    await apply_directly(worker, db, events)
 
 
 async def test_tte_prints_percentiles_compliance_and_phases(

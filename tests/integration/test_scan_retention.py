@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.helpers import resources
+from tests.helpers import apply_directly, resources
 from workers import workload
 from workers.scan_metrics import ScanMetricsWorker
 from workers.snapshot_retention.service import Snapshots, utcnow
@@ -20,8 +20,7 @@ async def test_rows_older_than_the_retention_are_deleted_with_their_phases(
     settings = settings_for(scan_metrics_retention_days=30)
     scans = workload.scan_lifecycles(60, seed=23, failure_rate=0.1, replay_rate=0.1)
     worker = ScanMetricsWorker(resources(settings, None, db))
-    async with db.acquire() as conn, conn.transaction():
-        await worker.apply(conn, [e for scan in scans for e in scan])
+    await apply_directly(worker, db, [e for scan in scans for e in scan])
     old = [submitted.scan_id for submitted, _ in scans[:25]]
     await db.execute(
         "UPDATE scanner.scan_metrics SET created_at = now() - interval '31 days' "

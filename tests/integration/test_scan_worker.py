@@ -22,8 +22,9 @@ import pytest
 
 from contracts import Event, encode_entry
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
-from tests.helpers import metric, poll, resources, running
+from tests.helpers import apply_directly, metric, poll, resources, running
 from workers import streams, workload
+from workers.db import Failure, classify
 from workers.demo import publish
 from workers.scan_metrics import ScanMetricsWorker
 
@@ -445,8 +446,7 @@ async def test_every_order_and_batching_converges_to_the_same_row(
         mine = [msgspec.structs.replace(e, scan_id=scan_id) for e in order]
         cuts = sorted(rng.sample(range(1, len(mine)), rng.randrange(0, len(mine))))
         for start, end in itertools.pairwise([0, *cuts, len(mine)]):
-            async with db.acquire() as conn, conn.transaction():
-                await worker.apply(conn, mine[start:end])
+            await apply_directly(worker, db, mine[start:end])
         (row, phases) = await _state(db, scan_id)
         states.add((row, tuple(phases)))
     assert len(states) == 1, "different orders gave different rows"
@@ -629,16 +629,15 @@ async def test_replays_are_flagged_and_excluded_from_slo_figures(
 async def test_an_unstorable_value_validate_missed_is_dead_lettered_not_retried(
     db: asyncpg.Pool, settings_for: Any
 ) -> None:
-    from workers.errors import Permanent
-
     (_, completed), *_ = workload.scan_lifecycles(1, seed=5, failure_rate=0.0)
     assert isinstance(completed, ScanCompleted)
     bad_phase = msgspec.structs.replace(completed.phases[0], metrics={"note": "a\u0000b"})
     bad = msgspec.structs.replace(completed, phases=[bad_phase, *completed.phases[1:]])
     worker = ScanMetricsWorker(resources(settings_for(), None, db))
     assert worker.validate(bad) is not None  # validate does catch this one...
-    with pytest.raises(Permanent) as info:  # ...and the database path is the safety net
-        async with db.acquire() as conn, conn.transaction():
-            await worker.apply(conn, [bad])
-    assert info.value.reason == "invalid_event"
+    # ...and the database is the safety net: a data exception the kernel dead-letters at
+    # once as rejected_by_database.
+    with pytest.raises(asyncpg.UntranslatableCharacterError) as info:
+        await apply_directly(worker, db, [bad])
+    assert classify(info.value) is Failure.REJECTED
     assert await db.fetchval("SELECT count(*) FROM scanner.scan_metrics") == 0

@@ -23,9 +23,9 @@ from aiobotocore.config import AioConfig
 
 from tests.helpers import fleet_cli, fleet_process, metric, poll, process_log
 from workers import s3 as s3io
-from workers.base import Resources
 from workers.embedded import free_port, start_s3
 from workers.http import OpsServer
+from workers.kernel.worker import Resources
 from workers.metrics import SNAPSHOT_FRESHNESS
 from workers.s3 import open_s3
 from workers.settings import Settings, load_settings

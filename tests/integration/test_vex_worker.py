@@ -18,7 +18,7 @@ import pytest
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
 from contracts.wire import decode_data, encode_entry
-from tests.helpers import fleet_cli, metric, poll, resources, running
+from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
 from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
@@ -374,7 +374,7 @@ async def test_ten_thousand_purls_recompute_in_a_bounded_number_of_round_trips(
             conn.add_query_logger(log)
             try:
                 async with conn.transaction():
-                    await worker.apply(conn, [event])
+                    await worker.apply(OpenTx(conn), [event])
             finally:
                 conn.remove_query_logger(log)
         # asyncpg introspects a type once per connection (typeinfo_tree, wrapped in two

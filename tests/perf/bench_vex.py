@@ -31,9 +31,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
-from workers.base import Resources
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.embedded import start_postgres
+from workers.kernel.worker import Resources
 from workers.settings import load_settings
 from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
@@ -102,6 +102,19 @@ async def timed(pool: Any, work: Any) -> tuple[float, int]:
     return elapsed, counter.queries
 
 
+class _Open:
+    """The kernel's transaction as apply sees it, on a connection the timer opened."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, *params: Any) -> None:
+        raise NotImplementedError
+
+    async def connection(self) -> Any:
+        return self._conn
+
+
 async def bench(database_url: str, n_purls: int, n_issuers: int) -> None:
     settings = load_settings({}, database_url=database_url)
     pool = await create_pool(settings, max_size=2)
@@ -131,7 +144,7 @@ async def bench(database_url: str, n_purls: int, n_issuers: int) -> None:
         event = advisory(purls)
 
         async def apply(conn: Any) -> None:
-            await worker.apply(conn, [event])
+            await worker.apply(_Open(conn), [event])
 
         for label in ("(a) first advisory, all new", "(b) same advisory, unchanged"):
             elapsed, queries = await timed(pool, apply)

@@ -41,11 +41,12 @@ from contracts import Event
 from tests.helpers import migrated_database
 from workers import streams
 from workers.app import run_event_loop
-from workers.base import Resources, Worker
-from workers.db import DbConn, create_pool
+from workers.db import create_pool
 from workers.demo import publish
 from workers.embedded import start_postgres, start_valkey
-from workers.runtime import StreamConsumer, tune_gc
+from workers.kernel import NoInbox, PgInbox, StreamConsumer, Tx, tune_gc
+from workers.kernel.inbox import Inbox
+from workers.kernel.worker import Resources, Worker
 from workers.settings import Settings, load_settings
 
 
@@ -85,18 +86,16 @@ def bench_settings(valkey_url: str, database_url: str, batch: int, concurrency: 
     )
 
 
-def noop_worker(stream: str, types: tuple[type[Event], ...]) -> type[Worker]:
-    """A worker class for ``stream`` whose handler does nothing and uses no database."""
+def noop_worker(on_stream: str) -> type[Worker[Event, None]]:
+    """A worker class for ``on_stream`` whose handler does nothing (run with ``NoInbox``)."""
 
-    class NoOp(Worker):
+    class NoOp(Worker[Event, None]):
         name: ClassVar[str] = "noop"
-        event_types: ClassVar[tuple[type[Event], ...]] = types
-        uses_database: ClassVar[bool] = False
+        stream: ClassVar[str] = on_stream
 
-        async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
+        async def apply(self, tx: Tx, fresh: Sequence[Event]) -> None:
             return None
 
-    NoOp.stream = stream
     return NoOp
 
 
@@ -118,10 +117,10 @@ async def bare_loop(client: Any, stream: str, total: int, batch: int, group: str
     return total / (time.perf_counter() - started)
 
 
-async def through_runtime(worker: Worker, client: Any, total: int) -> float:
+async def through_runtime(worker: Worker[Any, Any], client: Any, total: int, inbox: Inbox) -> float:
     """Run ``worker`` as one consumer until its group read and acknowledged ``total``."""
     await streams.ensure_group(client, worker.stream, worker.group)
-    consumer = StreamConsumer(worker, "r1")
+    consumer = StreamConsumer(worker, "r1", inbox)
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run())
     while True:
@@ -136,7 +135,7 @@ async def through_runtime(worker: Worker, client: Any, total: int) -> float:
     return total / elapsed
 
 
-MakeWorker = Callable[[Resources, str], Worker]
+MakeWorker = Callable[[Resources, str], Worker[Any, Any]]
 """Builds a contender from the process's resources and its consumer group's name."""
 
 _CPYTHON_GC = gc.get_threshold()
@@ -173,7 +172,8 @@ async def _runtime(settings: Settings, make: MakeWorker, group: str, total: int)
     pool = await create_pool(settings, max_size=settings.concurrency + 2)
     try:
         worker = make(Resources(settings=settings, redis=client, pool=pool), group)
-        return await through_runtime(worker, client, total)
+        inbox: Inbox = NoInbox() if worker.name == "noop" else PgInbox(pool)
+        return await through_runtime(worker, client, total, inbox)
     finally:
         await pool.close()
         await client.aclose()
@@ -244,7 +244,7 @@ def report(
 
 def compare_worker(
     settings: Settings,
-    worker: type[Worker],
+    worker: type[Worker[Any, Any]],
     events_for: Callable[[int], Sequence[Event]],
     count: int,
     *,
@@ -254,7 +254,7 @@ def compare_worker(
     """``count`` rounds of the baselines, (b) the runtime with a no-op handler for
     ``worker``'s event types and (c) ``worker`` itself, on ``events_for(round)``; then
     the report."""
-    noop = noop_worker(worker.stream, worker.event_types)
+    noop = noop_worker(worker.stream)
     contenders: dict[str, MakeWorker] = {
         "b": lambda resources, group: noop(resources, group=group),
         "c": lambda resources, group: worker(resources, group=group),

@@ -5,7 +5,7 @@ each parser is driven with arbitrary bytes, arbitrary JSON and mutations of real
 inputs. The promise checked here:
 
 - ``contracts.wire``: only :class:`~contracts.wire.DecodeError` (with a known reason).
-- the runtime's entry decoding (``StreamConsumer._decode``): every entry becomes
+- the kernel's triage of entries (``workers.kernel.triage``): every entry becomes
   an item to handle, an acknowledgement (ignored type, trimmed entry) or a dead
   letter with a non-empty reason, exactly once; metric labels stay bounded.
 - ``fleet publish``: never raises; each bad line is reported once by its number.
@@ -33,9 +33,10 @@ from hypothesis import strategies as st
 from contracts import Event
 from contracts.registry import STREAMS
 from contracts.wire import DecodeError, decode_data, decode_event, encode_event
-from workers.base import Resources, Worker
 from workers.cli import parse_publish_lines
-from workers.runtime import Batch, StreamConsumer, _decode_failure, _Outcome
+from workers.kernel.handling import triage_for
+from workers.kernel.triage import Triage
+from workers.kernel.worker import Resources, Worker
 from workers.settings import load_settings
 from workers.snapshot_retention.core import normalize_payload
 from workers.vex_consensus.documents import DocumentError, ParsedDocument, parse_document
@@ -307,17 +308,7 @@ def test_decode_event_of_a_field_name_that_is_not_utf8_raises_decode_error() -> 
         decode_event(fields)
 
 
-@FUZZ
-@given(type_names, entry_values)
-def test_decode_failure_always_names_a_reason(name: str, data: bytes) -> None:
-    reason, detail = _decode_failure(ALL_TYPES[name], data)
-    assert reason in WIRE_REASONS and detail
-
-
-# ------------------------------------------------------------------ the runtime's decoding
-
-
-def _consumer_workers() -> list[type[Worker]]:
+def _consumer_workers() -> list[type[Worker[Any, Any]]]:
     from workers.app import WORKERS, available_workers, resolve
 
     chosen = [n for n in available_workers() if n in WORKERS]
@@ -327,10 +318,10 @@ def _consumer_workers() -> list[type[Worker]]:
 CONSUMER_WORKERS = _consumer_workers()
 
 
-def _consumer(worker_cls: type[Worker]) -> StreamConsumer:
-    """A consumer with no connections: only its pure decoding step is exercised."""
+def _triage(worker_cls: type[Worker[Any, Any]]) -> Triage:
+    """A worker's triage, with no connections: the pure step every entry goes through."""
     settings = load_settings({}, max_deliveries=5)
-    return StreamConsumer(worker_cls(Resources(settings=settings, redis=None)), "fuzz")  # type: ignore[arg-type]
+    return triage_for(worker_cls(Resources(settings=settings, redis=None)))  # type: ignore[arg-type]
 
 
 @st.composite
@@ -362,24 +353,24 @@ def entry_fields(draw: st.DrawFn) -> dict[bytes, bytes]:
     st.booleans(),
 )
 def test_runtime_turns_every_entry_into_an_item_an_ack_or_a_dead_letter(
-    worker_cls: type[Worker], drawn: list[tuple[dict[bytes, bytes], int]], pending: bool
+    worker_cls: type[Worker[Any, Any]], drawn: list[tuple[dict[bytes, bytes], int]], pending: bool
 ) -> None:
-    consumer = _consumer(worker_cls)
+    triage = _triage(worker_cls)
     handled = {cls.event_type().encode() for cls in worker_cls.event_types}
     entries = [(f"{i + 1}-0".encode(), fields) for i, (fields, _) in enumerate(drawn)]
     counts = {eid: n for (eid, _), (_, n) in zip(entries, drawn, strict=True)} if pending else None
-    out = _Outcome()
 
-    items = consumer._decode(Batch(entries, counts), out)
-    placed = [i.entry_id for i in items] + out.ack + [d[0] for d in out.dead]
+    out = triage(entries, counts)
+    items = out.items
+    placed = [i.entry_id for i in items] + out.ack + [d.entry_id for d in out.dead]
     assert sorted(placed) == sorted(eid for eid, _ in entries), "every entry placed exactly once"
-    for entry_id, fields, reason, detail, deliveries in out.dead:
-        assert isinstance(reason, str) and reason.strip(), (entry_id, fields)
-        assert isinstance(detail, str) and deliveries >= 1
+    for dead in out.dead:
+        assert isinstance(dead.reason, str) and dead.reason.strip(), dead
+        assert isinstance(dead.error, str) and dead.deliveries >= 1
     for item in items:
         assert isinstance(item.event, worker_cls.event_types)
         assert item.fields[b"type"] in handled
-        assert item.deliveries <= consumer.settings.max_deliveries
+        assert item.deliveries <= 5
     by_id = dict(entries)
     for entry_id in out.ack:
         fields = by_id[entry_id]
@@ -393,15 +384,14 @@ def test_runtime_turns_every_entry_into_an_item_an_ack_or_a_dead_letter(
 
 def test_runtime_keeps_every_valid_entry_of_its_types() -> None:
     for worker_cls in CONSUMER_WORKERS:
-        consumer = _consumer(worker_cls)
+        triage = _triage(worker_cls)
         entries = [
             (f"{i + 1}-0".encode(), {b"type": cls.event_type().encode(),
                                      b"data": _json(sample(cls.event_type()))})
             for i, cls in enumerate(worker_cls.event_types)
         ]  # fmt: skip
-        out = _Outcome()
-        items = consumer._decode(Batch(entries), out)
-        assert [i.entry_id for i in items] == [eid for eid, _ in entries]
+        out = triage(entries, None)
+        assert [i.entry_id for i in out.items] == [eid for eid, _ in entries]
         assert not out.dead and not out.ack
 
 
@@ -629,10 +619,9 @@ def _entry(data: bytes) -> None:
 
 def _runtime(data: bytes) -> None:
     [worker_cls] = [w for w in CONSUMER_WORKERS if w.stream == "notify:delivery"]
-    out = _Outcome()
-    batch = Batch([(b"1-0", {b"type": b"notification.failed", b"data": data})])
-    assert _consumer(worker_cls)._decode(batch, out) == []
-    assert [d[2] for d in out.dead] in (["malformed_json"], ["invalid_event"])
+    out = _triage(worker_cls)([(b"1-0", {b"type": b"notification.failed", b"data": data})], None)
+    assert out.items == []
+    assert [d.reason for d in out.dead] in (["malformed_json"], ["invalid_event"])
 
 
 def _publish(data: bytes) -> None:

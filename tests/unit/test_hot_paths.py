@@ -15,9 +15,10 @@ import redis.asyncio.connection as aioconnection
 import redis.exceptions as redis_exc
 from prometheus_client import CollectorRegistry, Histogram
 
-from workers import metrics, runtime, streams
+from workers import metrics, streams
 from workers.app import run_event_loop
 from workers.errors import ConfigError
+from workers.kernel import inbox, process, triage
 from workers.settings import load_settings
 
 
@@ -122,35 +123,33 @@ def test_connect_keeps_the_connection_kind_the_url_asks_for(url: str, base: type
     assert kind.pack_command is streams._HiredisPacking.pack_command
 
 
-def _item(event_id: uuid.UUID) -> Any:
+def _event(event_id: uuid.UUID) -> Any:
     class Event:
         pass
 
     event = Event()
     event.event_id = event_id  # type: ignore[attr-defined]
-    return runtime._Item(b"1-0", {}, "t", event, 1)  # type: ignore[arg-type]
+    return event
 
 
 def test_all_new_events_are_all_fresh() -> None:
-    items = [_item(uuid.uuid4()) for _ in range(5)]
-    assert runtime._first_of_each(items, {i.event.event_id for i in items}) == items
+    events = [_event(uuid.uuid4()) for _ in range(5)]
+    assert inbox._first_of_each(events) == events
 
 
-def test_a_second_copy_in_the_batch_is_not_fresh_even_when_the_id_is_new() -> None:
+def test_a_second_copy_in_the_batch_is_not_fresh() -> None:
     shared = uuid.uuid4()
-    first, copy, other = _item(shared), _item(shared), _item(uuid.uuid4())
-    # Two distinct new ids for three items: the copy is a duplicate.
-    fresh = runtime._first_of_each([first, copy, other], {shared, other.event.event_id})
-    assert fresh == [first, other]
-    assert runtime._first_of_each([first, copy], {shared}) == [first]
+    first, copy, other = _event(shared), _event(shared), _event(uuid.uuid4())
+    assert inbox._first_of_each([first, copy, other]) == [first, other]
+    assert inbox._first_of_each([copy, other, first]) == [copy, other]
 
 
 def test_tune_gc_freezes_start_up_objects_and_collects_young_objects_less_often() -> None:
     before = gc.get_threshold()
     try:
-        runtime.tune_gc()
+        process.tune_gc()
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold()[0] == runtime.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] == process.GC_YOUNG_THRESHOLD
         assert gc.get_threshold()[1:] == before[1:]
         assert gc.isenabled()
     finally:
@@ -188,10 +187,10 @@ def test_read_replies_are_shaped_like_redis_py_shapes_them() -> None:
     resp3 = {b"notify:delivery": ENTRIES}
     legacy = parse_xread_resp3_to_resp2_legacy(resp3)[0][1]
     expected = [(i, fields or {}) for i, fields in legacy]
-    assert runtime._stream_entries(resp3) == expected
-    assert runtime._stream_entries([[b"notify:delivery", ENTRIES]]) == expected
+    assert triage.shape_reply(resp3) == expected
+    assert triage.shape_reply([[b"notify:delivery", ENTRIES]]) == expected
 
 
 @pytest.mark.parametrize("empty", [None, {}, []])
 def test_an_empty_read_is_no_entries(empty: Any) -> None:
-    assert runtime._stream_entries(empty) == []
+    assert triage.shape_reply(empty) == []

@@ -83,7 +83,7 @@ def test_after_commit_counts_each_delivery_and_observes_each_latency() -> None:
         for ct in ("slack", "teams", "email")
     }
     worker = NotifyDeliveryWorker.__new__(NotifyDeliveryWorker)  # after_commit needs no resources
-    asyncio.run(worker.after_commit(events))
+    asyncio.run(worker.after_commit(events, None))
     counted = {
         k: sample("fleet_notify_deliveries_total", channel_type=k[0], status=k[1]) - before[k]
         for k in keys

@@ -11,7 +11,7 @@ import pytest
 
 from contracts.concelier import AdvisoryNew, AffectedPackage
 from contracts.vex import VexStatus
-from workers.base import Resources
+from workers.kernel.worker import Resources
 from workers.settings import load_settings
 from workers.vex_consensus import service, store
 from workers.vex_consensus.cli import parse_trust, verdict_reason

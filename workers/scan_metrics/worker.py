@@ -1,14 +1,14 @@
 """The scan-metrics worker: one set-based statement per batch.
 
-The batch is merged in Python to one row per scan (``rows.py``) and sent as JSON text
-parameters: the rows without their phases, the phases flat, and each phase's owner.
-One statement inserts the runtime's inbox rows (``writes_inbox``), upserts
-``scanner.scan_metrics`` keyed by ``scan_id`` for the events that are new and, for the
-scans whose outcome this batch decided, replaces their ``scanner.execution_phases``
-keyed by ``(metrics_id, phase_order)``. The ``ON CONFLICT`` conditions repeat the
-precedence rules of ``rows.py`` against the stored row, so the result is the same in any
-order. A batch holding several events of one scan takes the runtime's usual path
-instead (inbox first, then the merge of the new events, in one transaction).
+Stream in: ``scanner:events`` (``scan.submitted``, ``scan.completed``, ``scan.failed``),
+group ``scan-metrics``. The kernel hands over the events the group has not seen; they are
+merged in Python to one row per scan (``rows.py``) and sent as JSON text parameters: the
+rows without their phases, the phases flat, and each phase's owner. One statement, the
+inbox insert composed in front (``workers.kernel.inbox``), upserts
+``scanner.scan_metrics`` keyed by ``scan_id`` and, for the scans whose outcome this
+batch decided, replaces their ``scanner.execution_phases`` keyed by
+``(metrics_id, phase_order)``. The ``ON CONFLICT`` conditions repeat the precedence
+rules of ``rows.py`` against the stored row, so the result is the same in any order.
 """
 
 from __future__ import annotations
@@ -16,22 +16,17 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-import asyncpg
 import msgspec
 import structlog
 
-from contracts import Event
-from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
+from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScannerEvent, ScanSubmitted
 from workers import metrics
-from workers.base import Resources, Worker
-from workers.errors import Permanent
+from workers.kernel.inbox import Tx, compose
+from workers.kernel.worker import Resources, Worker
 from workers.scan_metrics import tte
 from workers.scan_metrics.rows import ScanRow, rows_for_batch
-
-if TYPE_CHECKING:
-    from workers.db import DbConn
 
 log = structlog.get_logger("workers.scan_metrics")
 
@@ -110,41 +105,16 @@ def _assignment() -> str:
         updated_at = now()"""
 
 
-def _upsert_sql(*, inbox: bool) -> str:
-    """The batch statement. ``$1``: the merged rows without their phases (JSON array);
-    ``$2``: the phases of every row, flat, in row order (JSON array); ``$3``: the
-    ``metrics_id`` each of those phases belongs to (JSON array, same length). With
-    ``inbox``, ``$4`` is the group: the statement also inserts the inbox rows, applies only
-    the rows whose event is new (one event per scan, so a row is new or not as a whole)
-    and returns the new event ids."""
+def _upsert_sql() -> str:
+    """The batch's effects (composed behind the inbox insert): ``$3``, the merged rows
+    without their phases (JSON array); ``$4``, the phases of every row, flat, in row order
+    (JSON array); ``$5``, the ``metrics_id`` each of those phases belongs to (JSON array,
+    same length)."""
     columns = [("metrics_id", "uuid"), ("scan_id", "uuid"), *_ARTIFACT, *_SUBMISSION, *_OUTCOME]
     names = ", ".join(c for c, _ in columns)
     record = ", ".join(f'"{_camel(c)}" {t}' for c, t in columns)
     selected = ", ".join(f'x."{_camel(c)}"' for c, _ in columns)
     assignments = _assignment()
-    if inbox:
-        head = f"""
-WITH batch AS (
-    SELECT * FROM json_to_recordset($1::text::json) AS x({record})
-),
-inbox AS (
-    INSERT INTO fleet.inbox (event_id, group_name)
-    SELECT COALESCE(b."outcomeEventId", b."submittedEventId"), $4 FROM batch AS b
-    ORDER BY 1  -- one lock order for every batch: concurrent batches cannot deadlock
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-),
-x AS (
-    SELECT b.* FROM batch AS b
-    JOIN inbox ON inbox.event_id = COALESCE(b."outcomeEventId", b."submittedEventId")
-),"""
-        tail = "SELECT event_id FROM inbox"
-    else:
-        head = f"""
-WITH x AS (
-    SELECT * FROM json_to_recordset($1::text::json) AS x({record})
-),"""
-        tail = "SELECT"
     # ``won``: scans whose outcome this statement wrote (the stored outcome_event_id is now
     # the batch's); their phases become exactly the winning event's. A row this statement
     # inserted (xmax = 0) has no phases yet: a plain INSERT. Otherwise orders the winner
@@ -152,7 +122,10 @@ WITH x AS (
     # scan row's lock, taken above in scan_id order, already serializes writers of a scan.
     # The phases come flat with their owners beside them (ROWS FROM zips the two), so
     # PostgreSQL parses each phase once instead of a nested array per scan.
-    return f"""{head}
+    return f"""
+x AS (
+    SELECT * FROM json_to_recordset($3::text::json) AS x({record})
+),
 m AS (
     INSERT INTO scanner.scan_metrics AS s ({names})
     SELECT {selected} FROM x ORDER BY x."scanId"
@@ -168,11 +141,11 @@ won AS (
 p AS (
     SELECT won.metrics_id, won.inserted, ph.*
     FROM ROWS FROM (
-        json_to_recordset($2::text::json) AS (
+        json_to_recordset($4::text::json) AS (
             name text, "order" int, "startedAt" timestamptz, "finishedAt" timestamptz,
             success boolean, "errorCode" text, "errorMessage" text, metrics json
         ),
-        json_array_elements_text($3::text::json)
+        json_array_elements_text($5::text::json)
     ) AS ph(
         name, "order", "startedAt", "finishedAt", success, "errorCode", "errorMessage",
         metrics, owner
@@ -204,7 +177,7 @@ kept AS (
         error_message = EXCLUDED.error_message,
         phase_metrics = EXCLUDED.phase_metrics
 )
-{tail}
+SELECT
 """
 
 
@@ -217,23 +190,14 @@ _PHASE_VALUES: Final = (
     'p."errorCode", p."errorMessage", COALESCE(p.metrics::jsonb, \'{}\'::jsonb)'
 )
 
-_INBOX_SQL: Final = """
-INSERT INTO fleet.inbox (event_id, group_name)
-SELECT e, $1 FROM unnest($2::uuid[]) AS e
-ORDER BY e  -- one lock order for every batch: concurrent batches cannot deadlock
-ON CONFLICT DO NOTHING
-RETURNING event_id
-"""
-
-UPSERT_SQL: Final = _upsert_sql(inbox=False)
-UPSERT_WITH_INBOX_SQL: Final = _upsert_sql(inbox=True)
+UPSERT: Final = compose(_upsert_sql())
 
 _encoder = msgspec.json.Encoder()
 _NO_PHASES: Final[list[Phase]] = []
 
 
 def _parameters(rows: Sequence[ScanRow]) -> tuple[str, str, str]:
-    """``$1``-``$3`` of the batch statement: the rows without phases, the phases flat, and
+    """``$3``-``$5`` of the batch statement: the rows without phases, the phases flat, and
     the owner of each phase. Takes the phases out of ``rows``."""
     phases: list[Phase] = []
     owners: list[uuid.UUID] = []
@@ -251,42 +215,9 @@ def _parameters(rows: Sequence[ScanRow]) -> tuple[str, str, str]:
     )
 
 
-def _unstorable(exc: asyncpg.UntranslatableCharacterError) -> Permanent:
-    # validate() refuses NUL characters where it looks; anything it missed lands here. In
-    # a batch the runtime retries event by event, so only the culprit is dead-lettered.
-    return Permanent("invalid_event", f"cannot be stored: {exc}")
-
-
-async def _execute(conn: DbConn, sql: str, parameters: tuple[str, ...]) -> None:
-    try:
-        await conn.execute(sql, *parameters)
-    except asyncpg.UntranslatableCharacterError as exc:
-        raise _unstorable(exc) from None
-
-
-async def _fetch(conn: DbConn, sql: str, parameters: tuple[str, ...], group: str) -> list[Any]:
-    try:
-        return await conn.fetch(sql, *parameters, group)
-    except asyncpg.UntranslatableCharacterError as exc:
-        raise _unstorable(exc) from None
-
-
-def _first_of_each(events: Sequence[Event], new: set[uuid.UUID]) -> list[Event]:
-    """The events whose inbox row is new, each once (a second copy is a duplicate)."""
-    left = set(new)
-    fresh = []
-    for event in events:
-        if event.event_id in left:
-            left.discard(event.event_id)
-            fresh.append(event)
-    return fresh
-
-
-class ScanMetricsWorker(Worker):
+class ScanMetricsWorker(Worker[ScannerEvent, None]):
     name: ClassVar[str] = "scan-metrics"
     stream: ClassVar[str] = "scanner:events"
-    event_types: ClassVar[tuple[type[Event], ...]] = (ScanSubmitted, ScanCompleted, ScanFailed)
-    writes_inbox: ClassVar[bool] = True
 
     def __init__(self, resources: Resources, *, group: str | None = None) -> None:
         super().__init__(resources, group=group)
@@ -301,36 +232,15 @@ class ScanMetricsWorker(Worker):
             slo: metrics.SCAN_SLO_BREACHES.labels(slo) for slo in ("p50", "p95")
         }
 
-    def validate(self, event: Event) -> str | None:
-        assert isinstance(event, (ScanSubmitted, ScanCompleted, ScanFailed))
+    def validate(self, event: ScannerEvent) -> str | None:
         return tte.validate(event)
 
-    async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
-        assert conn is not None
-        rows = rows_for_batch(events)  # type: ignore[arg-type]  # event_types admits scanner events only
-        await _execute(conn, UPSERT_SQL, _parameters(rows))
+    async def apply(self, tx: Tx, fresh: Sequence[ScannerEvent]) -> None:
+        # Several events of one scan merge into one row (rows.py): the kernel hands over
+        # only events this group has not seen, so every row is new information.
+        await tx.execute(UPSERT, *_parameters(rows_for_batch(fresh)))
 
-    async def apply_with_inbox(
-        self, conn: DbConn, group: str, events: Sequence[Event]
-    ) -> list[uuid.UUID]:
-        rows = rows_for_batch(events)  # type: ignore[arg-type]  # event_types admits scanner events only
-        if len(rows) == len(events):
-            # One event per scan (the common case): each row stands or falls with its one
-            # event's inbox row, so a single statement writes both.
-            return [
-                r[0] for r in await _fetch(conn, UPSERT_WITH_INBOX_SQL, _parameters(rows), group)
-            ]
-        # Several events of a scan in the batch: the row must merge only those that are
-        # new, which is known only after the inbox insert. Inbox, then effects, in one
-        # transaction.
-        async with conn.transaction():
-            new = {r[0] for r in await conn.fetch(_INBOX_SQL, group, [e.event_id for e in events])}
-            if new:
-                fresh = _first_of_each(events, new)
-                await _execute(conn, UPSERT_SQL, _parameters(rows_for_batch(fresh)))  # type: ignore[arg-type]  # as above
-        return list(new)
-
-    async def after_commit(self, events: Sequence[Event]) -> None:
+    async def after_commit(self, fresh: Sequence[ScannerEvent], result: None) -> None:
         """Count each outcome event the group saw for the first time.
 
         ``fleet_scans_total{outcome}``: ``completed``, ``failed``, or ``replay`` for either
@@ -341,7 +251,7 @@ class ScanMetricsWorker(Worker):
         breaches: Counter[str] = Counter()
         ttes: list[float] = []
         phases: dict[str, list[float]] = {}
-        for event in events:
+        for event in fresh:
             kind = type(event)
             if kind is ScanSubmitted:
                 continue

@@ -21,7 +21,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import Mapping, Sequence
@@ -34,9 +33,10 @@ import structlog
 from aiohttp import web
 
 from workers import s3 as s3io
-from workers.base import Resources
 from workers.db import table_exists
 from workers.errors import ConfigError, FleetError
+from workers.kernel.stopping import Stopping
+from workers.kernel.worker import Resources
 from workers.metrics import (
     SNAPSHOT_AGE,
     SNAPSHOT_FRESHNESS,
@@ -855,17 +855,14 @@ class SnapshotRetentionService:
 
         return routes(self.snapshots, self.settings)
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: Stopping) -> None:
         policy = self.snapshots.retention
         log.info("snapshot_retention.started", schedule=policy.schedule)
         await self._refresh()
         next_run = core.next_retention_run(policy, utcnow())
-        while not stopping.is_set():
+        while True:
             wait = min((next_run - utcnow()).total_seconds(), GAUGE_INTERVAL_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wait, 0.0)):
-                    await stopping.wait()
-            if stopping.is_set():
+            if await stopping.sleep(wait):
                 break
             now = utcnow()
             if now >= next_run:

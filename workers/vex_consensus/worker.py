@@ -16,25 +16,22 @@ background task publishes whatever a crash left in it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import ClassVar, Final
 
 import asyncpg
 import redis.exceptions as redis_exc
 import structlog
 
-from contracts import Event
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated
 from workers import metrics, streams
-from workers.base import Resources, Worker
+from workers.kernel.inbox import Tx
+from workers.kernel.stopping import Stopping
+from workers.kernel.worker import Resources, Worker
 from workers.vex_consensus import service
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
-
-if TYPE_CHECKING:
-    from workers.db import DbConn
 
 log = structlog.get_logger("workers.vex_consensus")
 
@@ -59,13 +56,11 @@ def vulnerability_ids(event: Advisory) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
-def advisory_pairs(events: Sequence[Event]) -> dict[Pair, Trigger]:
+def advisory_pairs(events: Sequence[Advisory]) -> dict[Pair, Trigger]:
     """Every (purl, vulnerability) pair the advisories touch, with the first event
     that touched it (pure): affected purls x (advisory id + aliases)."""
     pairs: dict[Pair, Trigger] = {}
     for event in events:
-        if not isinstance(event, AdvisoryNew | AdvisoryUpdated):
-            continue
         trigger = Trigger(
             tenant_id=event.tenant_id,
             causation_id=str(event.event_id),
@@ -78,20 +73,15 @@ def advisory_pairs(events: Sequence[Event]) -> dict[Pair, Trigger]:
     return pairs
 
 
-class VexConsensusWorker(Worker):
+class VexConsensusWorker(Worker[Advisory, RecomputeReport]):
     name: ClassVar[str] = "vex-consensus"
     stream: ClassVar[str] = "concelier:drift"
-    event_types: ClassVar[tuple[type[Event], ...]] = (AdvisoryNew, AdvisoryUpdated)
 
     def __init__(self, resources: Resources, *, group: str | None = None) -> None:
         super().__init__(resources, group=group)
-        # Set by apply, consumed by the after_commit of the same (committed) attempt.
-        self._report: RecomputeReport | None = None
         self._log = log.bind(stream=self.stream, group=self.group)
 
-    def validate(self, event: Event) -> str | None:
-        if not isinstance(event, AdvisoryNew | AdvisoryUpdated):
-            return None
+    def validate(self, event: Advisory) -> str | None:
         ids = vulnerability_ids(event)
         if not ids:
             return "advisory has neither an advisoryId nor aliases"
@@ -100,29 +90,25 @@ class VexConsensusWorker(Worker):
             return f"advisory touches {pairs} pairs; the limit is {MAX_PAIRS_PER_ADVISORY}"
         return None
 
-    async def apply(self, conn: DbConn | None, events: Sequence[Event]) -> None:
-        assert conn is not None  # uses_database: the runtime always passes a connection
-        triggers = advisory_pairs(events)
-        self._report = await service.recompute(
-            conn, triggers, reason="advisory_drift", triggers=triggers
+    async def apply(self, tx: Tx, fresh: Sequence[Advisory]) -> RecomputeReport:
+        triggers = advisory_pairs(fresh)
+        return await service.recompute(
+            await tx.connection(), triggers, reason="advisory_drift", triggers=triggers
         )
 
-    async def after_commit(self, events: Sequence[Event]) -> None:
-        report, self._report = self._report, None
+    async def after_commit(self, fresh: Sequence[Advisory], result: RecomputeReport) -> None:
         now = datetime.now(UTC)
-        for event in events:
+        for event in fresh:
             metrics.VEX_CONSENSUS_LATENCY.observe(
                 max(0.0, (now - event.occurred_at).total_seconds())
             )
-        if report is None:
-            return
-        report.observe()
-        if report.events:
+        result.observe()
+        if result.events:
             await self._publish()
-        if report.changed:
+        if result.changed:
             await self._refresh_gauge()
 
-    async def background(self) -> None:
+    async def background(self, stopping: Stopping) -> None:
         """Publish outbox rows a crash left behind, refresh the queue depth gauge, and
         trim ``vex:consensus`` by the stream retention."""
         settings = self.resources.settings
@@ -138,7 +124,8 @@ class VexConsensusWorker(Worker):
                 )
             except Exception as exc:  # noqa: BLE001 - one failed pass must not end the loop; the next retries
                 self._log.warning("vex.maintenance_failed", error=str(exc)[:200])
-            await asyncio.sleep(settings.maintenance_interval_seconds)
+            if await stopping.sleep(settings.maintenance_interval_seconds):
+                return
 
     async def _publish(self) -> None:
         pool = self.resources.pool

@@ -1,0 +1,139 @@
+"""Reading: this consumer's own pending list first (id ``0``), then new entries (``>``).
+
+Several reads are in flight at once (``FLEET_CONCURRENCY``) so the server is busy
+while the processors decode; read batches wait in a bounded queue
+(``FLEET_PREFETCH_BATCHES``), so memory does not grow with the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_exc
+
+from workers import streams
+from workers.errors import error_text
+from workers.kernel.acker import REDIS_ERRORS
+from workers.kernel.handling import Batch
+from workers.kernel.held import HeldEntries
+from workers.kernel.stopping import Stopping
+from workers.kernel.triage import shape_reply
+
+_MAX_BACKOFF = 5.0
+
+
+class Reader:
+    def __init__(
+        self,
+        redis: Any,
+        stream: str,
+        group: str,
+        consumer: str,
+        held: HeldEntries,
+        queue: asyncio.Queue[Batch | None],
+        stopping: Stopping,
+        *,
+        batch_size: int,
+        block_ms: int,
+        readers: int,
+        processors: int,
+        log: Any,
+    ) -> None:
+        self._redis = redis
+        # Reads go through a client of the same pool whose XREADGROUP replies are shaped
+        # by shape_reply (no Python call per entry).
+        self._reads: Any = aioredis.Redis(connection_pool=redis.connection_pool)
+        self._reads.set_response_callback("XREADGROUP", shape_reply)
+        self._stream = stream
+        self._group = group
+        self._consumer = consumer
+        self._held = held
+        self._queue = queue
+        self._stopping = stopping
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._readers_left = readers
+        self._processors = processors
+        self._drained = asyncio.Event()
+        self._log = log
+
+    async def run(self, index: int) -> None:
+        """Reader 0 drains this consumer's own pending list first; then every reader reads
+        new entries. The last reader to end tells every processor to finish."""
+        try:
+            await self._read(index)
+        finally:
+            # Whatever ended this reader, the others and the processors must not wait on it.
+            self._drained.set()
+            self._readers_left -= 1
+            if self._readers_left == 0:
+                for _ in range(self._processors):
+                    await self._queue.put(None)
+
+    async def enqueue(self, batch: Batch) -> None:
+        self._held.take(entry_id for entry_id, _ in batch.entries)
+        await self._queue.put(batch)
+
+    async def delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        """``XPENDING stream group first last count consumer``: how often each was delivered."""
+        if not ids:
+            return {}
+        rows = await self._redis.xpending_range(
+            self._stream,
+            self._group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) + len(self._held) + 1,
+            consumername=self._consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    async def _read(self, index: int) -> None:
+        backoff = 0.1
+        own_left = index == 0
+        if not own_left:
+            await self._drained.wait()
+        last_own = b"0"
+        while not self._stopping.is_set():
+            try:
+                if own_left:
+                    entries = await self._reads.xreadgroup(
+                        self._group, self._consumer, {self._stream: last_own},
+                        count=self._batch_size,
+                    )  # fmt: skip
+                    if not entries:
+                        own_left = False
+                        self._drained.set()
+                        continue
+                    last_own = entries[-1][0]
+                    counts = await self.delivery_counts([e[0] for e in entries])
+                    await self.enqueue(Batch(entries, counts, "own-pending"))
+                    continue
+                entries = await self._reads.xreadgroup(
+                    self._group, self._consumer, {self._stream: ">"},
+                    count=self._batch_size, block=self._block_ms,
+                )  # fmt: skip
+                backoff = 0.1
+            except redis_exc.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # The stream or group was deleted under us (e.g. by an operator): recreate.
+                    await streams.ensure_group(self._redis, self._stream, self._group)
+                    continue
+                # Refused (e.g. an ACL change): keep trying, loudly, rather than stop reading
+                # for good while the process still looks healthy.
+                self._log.error("stream.read_refused", error=error_text(exc), retry_in=backoff)
+                if await self._stopping.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            except REDIS_ERRORS as exc:
+                self._log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
+                if await self._stopping.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            if entries:
+                await self.enqueue(Batch(entries))
