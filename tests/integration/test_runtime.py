@@ -102,7 +102,7 @@ async def test_malformed_entries_are_dead_lettered_with_reasons(
             lambda: _dlq_len_is(redis, len(bad)), timeout=30, what="every bad entry dead-lettered"
         )
         await poll(lambda: _lag_zero_and_nothing_pending(redis), what="stream drained")
-        assert not consumer.stopping
+        assert not consumer.stopping.is_set()
     dead = await streams.dlq_entries(redis, STREAM, count=100)
     # Batches are handled concurrently, so dead letters may be written out of order;
     # the original entry id restores the publishing order.

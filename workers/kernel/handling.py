@@ -129,7 +129,7 @@ class BatchHandler:
         committed = _Committed(items)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(worth_retrying),
-            wait=wait_exponential_jitter(initial=0.05, max=5.0, jitter=0.05),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.05),
             sleep=self._backoff,
             before_sleep=self._count_retry,
             reraise=True,
