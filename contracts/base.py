@@ -18,6 +18,10 @@ UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+INT32_MAX = 2**31 - 1
+Int32Count = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+"""A count or order stored in a PostgreSQL ``INTEGER`` column: the contract carries the
+column's range, so an event that cannot be stored is rejected at decode."""
 Version = Annotated[int, msgspec.Meta(ge=1)]
 
 

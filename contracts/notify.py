@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from contracts.base import Event, NonNegative, UtcDateTime
+from contracts.base import INT32_MAX, Event, Int32Count, UtcDateTime
 
 ChannelType = Literal["slack", "teams", "email", "webhook"]
-Attempt = Annotated[int, msgspec.Meta(ge=1)]
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 
 
 class _Delivery(Event, frozen=True, kw_only=True):
@@ -25,7 +25,7 @@ class _Delivery(Event, frozen=True, kw_only=True):
     source_event_id: uuid.UUID
     attempt: Attempt = 1
     status_code: Annotated[int, msgspec.Meta(ge=0, le=999)] | None = None
-    latency_ms: NonNegative | None = None
+    latency_ms: Int32Count | None = None
 
 
 class NotificationSent(_Delivery, frozen=True, kw_only=True, tag="notification.sent"):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from contracts.base import Event, NonEmpty, NonNegative, UtcDateTime
+from contracts.base import Event, Int32Count, NonEmpty, UtcDateTime
 
 ArtifactType = Literal["oci_image", "tarball", "directory", "other"]
 PhaseName = Literal["ingest", "analyze", "reachability", "vex", "sign", "publish", "other"]
@@ -22,7 +22,7 @@ class Phase(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One execution phase of a scan."""
 
     name: PhaseName
-    order: NonNegative
+    order: Int32Count
     started_at: UtcDateTime
     finished_at: UtcDateTime
     success: bool = True
@@ -49,9 +49,9 @@ class _ScanOutcome(Event, frozen=True, kw_only=True):
     surface_id: uuid.UUID | None = None
     started_at: UtcDateTime
     phases: list[Phase] = msgspec.field(default_factory=list)
-    package_count: NonNegative = 0
-    finding_count: NonNegative = 0
-    vex_decision_count: NonNegative = 0
+    package_count: Int32Count = 0
+    finding_count: Int32Count = 0
+    vex_decision_count: Int32Count = 0
     replay_manifest_hash: str | None = None
     findings_sha256: str | None = None
     vex_bundle_sha256: str | None = None

@@ -57,6 +57,11 @@ def test_unknown_extra_fields_are_accepted() -> None:
         (lambda d: d.update(version=2), "unsupported_version"),
         (lambda d: d.update(occurredAt="2026-01-01T00:00:00"), "invalid_event"),  # no zone
         (lambda d: d.update(eventId="not-a-uuid"), "invalid_event"),
+        # The constraints the schema enforces travel in the contract:
+        (lambda d: d.update(attempt=0), "invalid_event"),  # CHECK (attempt >= 1)
+        (lambda d: d.update(attempt=-3), "invalid_event"),
+        (lambda d: d.update(attempt=2**31), "invalid_event"),  # INTEGER
+        (lambda d: d.update(latencyMs=2**31), "invalid_event"),
     ],
 )
 def test_bad_events_fail_with_a_reason(mutate, reason) -> None:  # type: ignore[no-untyped-def]
