@@ -1,0 +1,117 @@
+"""A PostgreSQL outage in the middle of a run: worker processes wait it out, keep their
+claims, and resume; nothing is dead-lettered, lost or applied twice.
+
+The outage lasts ``FLEET_OUTAGE_SECONDS`` (30 by default), longer than the reclaim idle
+time, the retry budget and several delivery limits put together: a consumer that gave
+entries up, or let their claims lapse, would show up as dead letters or reclaims."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.helpers import fleet_process, migrated_database, poll, process_log
+from workers import streams, workload
+from workers.demo import publish
+from workers.embedded import start_postgres
+
+OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "30"))
+STREAM = "notify:delivery"
+GROUP = "notify-workers"
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Any]:
+    """A PostgreSQL of this test's own, since the test stops it."""
+    folder = Path(tempfile.mkdtemp(prefix="streamfleet-outage-"))
+    folder.chmod(0o755)  # PostgreSQL runs as an unprivileged user when tests run as root
+    server, _ = start_postgres(folder / "pg")
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(pg: Any) -> None:
+    from pgserver import _commands
+
+    _commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pg.pgdata, user=pg.system_user)
+
+
+async def _settled(redis: Any) -> bool:
+    for status in await streams.group_statuses(redis, STREAM):
+        if status.pending or (status.lag or 0):
+            return False
+    return True
+
+
+@pytest.mark.slow
+async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
+    real_redis: Any, valkey_url: str, own_postgres: Any
+) -> None:
+    db_url = await migrated_database(own_postgres.get_uri(), "outage")
+    env = {
+        "FLEET_VALKEY_URL": valkey_url,
+        "FLEET_DATABASE_URL": db_url,
+        "FLEET_HTTP_PORT": "0",
+        "FLEET_BATCH_SIZE": "200",
+        "FLEET_BLOCK_MS": "100",
+        "FLEET_RECLAIM_IDLE_SECONDS": "2",
+        "FLEET_RECLAIM_INTERVAL_SECONDS": "0.3",
+        "FLEET_MAX_DELIVERIES": "2",
+        "FLEET_LOG_LEVEL": "warning",
+    }
+    events = list(workload.notification_events(12_000, seed=51))
+    chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
+    await streams.ensure_group(real_redis, STREAM, GROUP)
+    procs = [fleet_process({**env, "FLEET_CONSUMER_NAME": f"w{i}"}, "run", "notify-delivery")
+             for i in range(2)]  # fmt: skip
+    db = await asyncpg.connect(db_url)
+    try:
+        await publish(real_redis, STREAM, chunks[0])
+
+        async def started() -> bool:
+            return int(await db.fetchval("SELECT count(*) FROM notify.delivery_log")) > 0
+
+        await poll(started, timeout=60, what="the first rows")
+        await db.close()
+        _stop(own_postgres)
+        # Publishing goes on for the whole outage: the workers read, hold and wait.
+        outage_ends = time.monotonic() + OUTAGE_SECONDS
+        sent = 1
+        while time.monotonic() < outage_ends:
+            if sent < len(chunks) // 2:
+                await publish(real_redis, STREAM, chunks[sent])
+                sent += 1
+            await asyncio.sleep(1.0)  # paces the publishing over the outage; no synchronisation
+        own_postgres.ensure_postgres_running()
+        for chunk in chunks[sent:]:
+            await publish(real_redis, STREAM, chunk)
+        await poll(lambda: _settled(real_redis), timeout=180, what="everything handled")
+        for proc in procs:
+            assert proc.poll() is None, process_log(proc)[-3000:]
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0, process_log(proc)[-3000:]
+        db = await asyncpg.connect(db_url)
+        rows = await db.fetch("SELECT last_event_id FROM notify.delivery_log")
+        inbox = int(await db.fetchval("SELECT count(*) FROM fleet.inbox"))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        await db.close()
+    assert {r[0] for r in rows} == {e.event_id for e in events}, "lost events"
+    assert inbox == len(events), "events applied twice or not at all"
+    assert await real_redis.xlen(f"{STREAM}:dlq") == 0
+    logs = "".join(process_log(p) for p in procs)
+    assert "dead_lettered" not in logs
