@@ -52,6 +52,7 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_dead_letters_total": "counter",
     "fleet_reclaimed_total": "counter",
     "fleet_stream_trimmed_unconsumed_total": "counter",
+    "fleet_after_commit_failures_total": "counter",  # §8, worker statements
     "fleet_scan_tte_seconds": "histogram",
     "fleet_scan_phase_duration_seconds": "histogram",
     "fleet_scans_total": "counter",
@@ -75,6 +76,7 @@ ALERTS = {
     "FleetDeadLettersArriving",
     "FleetGroupWithoutConsumers",
     "FleetStreamTrimmedUnconsumed",
+    "FleetAfterCommitFailing",
     "FleetWorkerDown",
     "FleetWorkerUnavailable",
     "FleetScanTTEP50SLOBreach",
