@@ -23,7 +23,6 @@ never applied again.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +88,6 @@ class BatchHandler:
         self._settler.observe(len(batch.entries), batch.source, out, time.perf_counter() - started)
 
     async def _apply(self, items: list[Item], out: Triaged) -> None:
-        items = _without_repeats(items, out)
         try:
             await self._commit(items, out, time.monotonic() + self._budget)
             return
@@ -206,18 +204,3 @@ def triage_for(worker: Worker[Any, Any]) -> Triage:
         max_deliveries=worker.resources.settings.max_deliveries,
         validate=validate,
     )
-
-
-def _without_repeats(items: list[Item], out: Triaged) -> list[Item]:
-    """The first entry of each event; a second copy of an event in the same batch is a
-    duplicate, acknowledged with the rest."""
-    if len({i.event.event_id for i in items}) == len(items):
-        return items
-    first: dict[uuid.UUID, Item] = {}
-    for item in items:
-        if item.event.event_id in first:
-            out.ack.append(item.entry_id)
-            out.counts[(item.type_label, "duplicate")] += 1
-        else:
-            first[item.event.event_id] = item
-    return list(first.values())
