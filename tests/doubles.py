@@ -35,7 +35,8 @@ class MemoryInbox:
 
     @contextlib.asynccontextmanager
     async def transaction(self, group: str, ids: Sequence[uuid.UUID]) -> AsyncIterator[MemoryTx]:
-        if any((group, i) in self.handled for i in ids):
+        # As the inbox key does: a second copy in the batch, or an event handled before.
+        if len(set(ids)) != len(ids) or any((group, i) in self.handled for i in ids):
             raise Redelivered
         tx = MemoryTx()
         yield tx

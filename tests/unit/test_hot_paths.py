@@ -132,12 +132,12 @@ def _event(event_id: uuid.UUID) -> Any:
     return event
 
 
-def test_all_new_events_are_all_fresh() -> None:
+def test_distinct_events_are_all_kept() -> None:
     events = [_event(uuid.uuid4()) for _ in range(5)]
     assert inbox._first_of_each(events) == events
 
 
-def test_a_second_copy_in_the_batch_is_not_fresh() -> None:
+def test_a_second_copy_in_the_batch_is_dropped() -> None:
     shared = uuid.uuid4()
     first, copy, other = _event(shared), _event(shared), _event(uuid.uuid4())
     assert inbox._first_of_each([first, copy, other]) == [first, other]

@@ -109,24 +109,29 @@ async def apply_new(
     events: Sequence[E],
 ) -> tuple[list[E], R | None]:
     """Apply the events of ``events`` that ``group`` has not handled, each once, in one
-    transaction that records them: ``(the events applied, apply's result)``. All are
-    presumed new; on a redelivery among them the inbox says which were handled, and the
-    rest are applied. ``([], None)`` when every event had been handled."""
-    fresh = _first_of_each(events)
+    transaction that records them: ``(the events applied, apply's result)``.
+
+    All are presumed new and distinct (the common case costs no look-up at all). When the
+    inbox key says otherwise, a second copy of an event within the batch is dropped, the
+    inbox says which events were handled before, and the rest are applied.
+    ``([], None)`` when every event had been handled."""
+    fresh = list(events)
     while fresh:
         ids = [e.event_id for e in fresh]
         try:
             async with inbox.transaction(group, ids) as tx:
                 return fresh, await apply(tx, fresh)
         except Redelivered:
-            seen = await inbox.seen(group, ids)
-            fresh = [e for e in fresh if e.event_id not in seen]
+            distinct = _first_of_each(fresh)
+            seen = await inbox.seen(group, [e.event_id for e in distinct])
+            left = [e for e in distinct if e.event_id not in seen]
+            if len(left) == len(fresh):
+                raise RuntimeError("the inbox refused events it has not seen") from None
+            fresh = left
     return fresh, None
 
 
 def _first_of_each(events: Sequence[E]) -> list[E]:
-    if len({e.event_id for e in events}) == len(events):
-        return list(events)
     first: dict[uuid.UUID, E] = {}
     for event in events:
         first.setdefault(event.event_id, event)

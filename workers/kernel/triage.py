@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from contracts import Event
 from contracts.registry import event_class
-from contracts.wire import DecodeError, decode_data
+from contracts.wire import DecodeError, decode_data, decoder_for
 from workers.streams import DeadLetter
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -48,6 +50,14 @@ def type_label(raw: bytes | None) -> str:
         return "unknown"
     name = raw.decode(errors="replace")
     return name if event_class(name) is not None else "unknown"
+
+
+def _failure(cls: type[Event], data: bytes) -> tuple[str, str]:
+    try:
+        decode_data(cls, data)
+    except DecodeError as exc:
+        return exc.reason, str(exc)
+    return "invalid_event", "could not be decoded"
 
 
 @dataclass(slots=True)
@@ -83,7 +93,15 @@ class Triage:
         max_deliveries: int,
         validate: Validate | None = None,
     ) -> None:
-        self._types = {cls.event_type().encode(): (cls, cls.event_type()) for cls in event_types}
+        self._types = {
+            cls.event_type().encode(): (
+                cls,
+                cls.event_type(),
+                decoder_for(cls).decode,
+                cls.supported_versions,
+            )
+            for cls in event_types
+        }
         self._max_deliveries = max_deliveries
         self._validate = validate
 
@@ -112,16 +130,21 @@ class Triage:
                     out.ack.append(entry_id)
                     out.counts[(label, "ignored")] += 1
                 continue
-            cls, label = known
+            cls, label, decode, versions = known
             data = fields.get(b"data")
             if data is None:
                 dead = DeadLetter(entry_id, fields, "missing_data", "no 'data' field", deliveries)
                 out.kill(dead, label)
                 continue
             try:
-                event = decode_data(cls, data)
-            except DecodeError as exc:
-                out.kill(DeadLetter(entry_id, fields, exc.reason, str(exc), deliveries), label)
+                # The decoder decode_data uses, version checked inline: no Python call per
+                # event on the way; a failure is decoded again by decode_data for its reason.
+                event = decode(data)
+                if event.version not in versions:
+                    raise msgspec.ValidationError("unsupported version")
+            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+                reason, detail = _failure(cls, data)
+                out.kill(DeadLetter(entry_id, fields, reason, detail, deliveries), label)
                 continue
             problem = None if validate is None else validate(event)
             if problem is not None:
