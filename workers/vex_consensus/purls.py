@@ -24,6 +24,8 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 from packageurl import PackageURL
@@ -38,7 +40,13 @@ class PurlError(ValueError):
 
 def canonical_purl(text: str) -> str:
     """The canonical form of ``text`` (surrounding blanks ignored); raises :class:`PurlError`."""
-    value = text.strip()
+    return _canonical(text.strip())
+
+
+# A worker validates an advisory's purls and then applies it, and advisories repeat the
+# same products: remembering recent answers parses each purl once (a refusal is not kept).
+@lru_cache(maxsize=1 << 16)
+def _canonical(value: str) -> str:
     # The specification parses the scheme case-insensitively; the library wants "pkg:".
     if value[:4].lower() == "pkg:":
         value = "pkg:" + value[4:]
@@ -56,6 +64,21 @@ def _reason(exc: ValueError, value: str) -> str:
     # The library often ends its message with the purl again; it is already quoted once.
     reason = " ".join(str(exc).split()).removesuffix(".")
     return reason.removesuffix(f": {value!r}").removesuffix(".") or type(exc).__name__
+
+
+def canonical_purls(texts: Iterable[str]) -> list[str]:
+    """The distinct canonical forms of ``texts`` in first-seen order, blank ones left out;
+    raises :class:`PurlError` for the first purl that is not one."""
+    return list(dict.fromkeys(canonical_purl(t) for t in texts if t.strip()))
+
+
+def purl_problem(texts: Iterable[str]) -> str | None:
+    """Why :func:`canonical_purls` would refuse ``texts`` (one line), or ``None``."""
+    try:
+        canonical_purls(texts)
+    except PurlError as exc:
+        return str(exc)
+    return None
 
 
 class PurlScope(NamedTuple):

@@ -288,6 +288,28 @@ async def recompute(
     return report
 
 
+async def withdraw(
+    conn: DbConn,
+    stored: Mapping[Pair, str],
+    *,
+    reason: RecomputeReason,
+    now: datetime | None = None,
+) -> int:
+    """Remove the consensus rows of ``stored`` (pair -> stored digest) inside the caller's
+    transaction: rows deleted, their open conflicts closed as superseded, a withdrawal
+    queued for publishing per pair. Returns how many."""
+    if not stored:
+        return 0
+    at = now or datetime.now(UTC)
+    pairs = sorted(stored)
+    await store.lock_vulnerabilities(conn, {v for _, v in pairs})
+    await store.write_consensus(conn, [], pairs, at)
+    await store.update_conflicts(conn, dict.fromkeys(pairs), [], at)
+    events = [_event(p, None, stored[p], reason, at, _NO_TRIGGER) for p in pairs]
+    await store.write_outbox(conn, [(e.event_id, _encoder.encode(e)) for e in events])
+    return len(events)
+
+
 class ImportReport(msgspec.Struct, frozen=True, kw_only=True):
     statements: int
     inserted: int
