@@ -22,6 +22,7 @@ from tests.helpers import fleet_cli, metric, poll, resources, running
 from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
+from workers.vex_consensus.purls import canonical_purl
 
 DRIFT = "concelier:drift"
 GROUP = "vex-consensus"
@@ -399,6 +400,121 @@ async def test_ten_thousand_purls_recompute_in_a_bounded_number_of_round_trips(
     assert await outbox(db) == 10_000
     print(f"round trips for 10,000 pairs: {len(first)} (all new), {len(second)} (unchanged)")
     await redis.aclose()
+
+
+# ------------------------------------------------------------------ purl scope (issue cases)
+
+# The vendor (priority 1) and the distro (priority 2), as a security team sets them up.
+SCOPE_TRUST = [trust(VENDOR, "0.90", 1, "vendor"), trust(DISTRO, "0.80", 2, "distro")]
+APP_VENDOR = "pkg:oci/app@sha256%3Aaa11?os=linux&arch=amd64"
+APP_DISTRO = "pkg:oci/app@sha256%3Aaa11?arch=amd64&os=linux"
+WEB_ARCH = "pkg:oci/web@sha256%3Abb22?arch=amd64"
+WEB_ARM = "pkg:oci/web@sha256%3Abb22?arch=arm64"
+WEB_DISTRO = "pkg:oci/web@sha256%3Abb22?arch=amd64&os=linux"
+TOOL = "pkg:golang/github.com/acme/tool@v1.2.0"
+TOOL_CLI = "pkg:golang/github.com/acme/tool@v1.2.0#cmd/cli"
+
+# (vendor's purl, distro's purl = the pair, vendor status, distro status, expected status
+#  of the pair, whose statement decides it), worked by hand: a vendor statement whose
+#  scope covers the pair decides it at priority 1; one that does not leaves the distro.
+ISSUE_CASES = {
+    "qualifiers-in-another-order/vendor-not-affected": (
+        APP_VENDOR, APP_DISTRO, "not_affected", "affected", "not_affected", VENDOR),
+    "qualifiers-in-another-order/vendor-affected": (
+        APP_VENDOR, APP_DISTRO, "affected", "not_affected", "affected", VENDOR),
+    "qualifier-subset/vendor-fixed": (
+        WEB_ARCH, WEB_DISTRO, "fixed", "affected", "fixed", VENDOR),
+    "qualifier-subset/vendor-affected": (
+        WEB_ARCH, WEB_DISTRO, "affected", "fixed", "affected", VENDOR),
+    "versionless/vendor-not-affected": (
+        A_BASE, A, "not_affected", "affected", "not_affected", VENDOR),
+    "versionless/vendor-affected": (
+        A_BASE, A, "affected", "not_affected", "affected", VENDOR),
+    "subpath/vendor-fixed": (TOOL, TOOL_CLI, "fixed", "affected", "fixed", VENDOR),
+    "subpath/vendor-affected": (TOOL, TOOL_CLI, "affected", "fixed", "affected", VENDOR),
+    "qualifier-with-another-value/vendor-not-affected": (
+        WEB_ARM, WEB_DISTRO, "not_affected", "affected", "affected", DISTRO),
+    "qualifier-with-another-value/vendor-affected": (
+        WEB_ARM, WEB_DISTRO, "affected", "not_affected", "not_affected", DISTRO),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("vendor_first", [True, False], ids=["vendor-first", "distro-first"])
+@pytest.mark.parametrize(
+    ("vendor_purl", "pair_purl", "vendor", "distro", "expected", "decider"),
+    list(ISSUE_CASES.values()),
+    ids=list(ISSUE_CASES),
+)
+async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
+    db: asyncpg.Pool,
+    settings_for: Any,
+    vendor_first: bool,
+    vendor_purl: str,
+    pair_purl: str,
+    vendor: str,
+    distro: str,
+    expected: str,
+    decider: str,
+) -> None:
+    import fakeredis
+
+    justified = "vulnerable_code_not_present"
+    docs = {
+        VENDOR: parse_document(
+            openvex(
+                VENDOR, [(vendor_purl, vendor, justified if vendor == "not_affected" else None)], T0
+            )
+        ),
+        DISTRO: parse_document(
+            openvex(
+                DISTRO, [(pair_purl, distro, justified if distro == "not_affected" else None)], T0
+            )
+        ),
+    }
+    async with db.acquire() as conn, conn.transaction():
+        await store.upsert_trust(conn, SCOPE_TRUST)
+    for issuer in [VENDOR, DISTRO] if vendor_first else [DISTRO, VENDOR]:
+        async with db.acquire() as conn, conn.transaction():
+            await service.import_documents(conn, [docs[issuer]])
+
+    pair = (canonical_purl(pair_purl), VULN)
+    rows = await consensus(db)
+    row = rows[pair]
+    (deciding,) = docs[decider].records
+    assert (row["resolved_status"], list(row["contributing_vex_ids"])) == (
+        expected,
+        [deciding.statement.raw_id],
+    )
+    assert row["conflict_detected"] is False  # the other issuer is a lower level: dissent
+    # Statements make pairs of their own, and only in canonical form.
+    assert set(rows) <= {pair, (canonical_purl(vendor_purl), VULN)}
+
+    # An advisory naming the product in another spelling meets the same pair: no change.
+    redis = fakeredis.FakeAsyncRedis()
+    worker = VexConsensusWorker(resources(settings_for(), redis, db))
+    async with db.acquire() as conn, conn.transaction():
+        await worker.apply(conn, [advisory([pair_purl.replace("pkg:", "PKG:", 1)], aliases=())])
+    assert await consensus(db) == rows
+    await redis.aclose()
+
+
+async def test_an_advisory_with_an_invalid_purl_is_dead_lettered_with_the_reason(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    await seed(db)
+    worker = VexConsensusWorker(resources(settings_for(), redis, db))
+    async with running(worker):
+        await publish_advisory(redis, advisory([A, "pkg:npm/"]))
+        await poll(lambda: _dead_letters(redis, 1), what="the advisory dead-lettered")
+    ((_, fields),) = await redis.xrange(f"{DRIFT}:dlq")
+    assert "invalid purl 'pkg:npm/'" in json.dumps(
+        {k.decode(): v.decode() for k, v in fields.items()}
+    )
+    assert await consensus(db) == {}
+
+
+async def _dead_letters(redis: Any, count: int) -> bool:
+    return int(await redis.xlen(f"{DRIFT}:dlq")) == count
 
 
 # ------------------------------------------------------------------ fleet vex (CLI)
