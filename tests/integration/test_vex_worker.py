@@ -23,6 +23,7 @@ from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
 from workers.vex_consensus.purls import canonical_purl
+from workers.vex_consensus.worker import advisory_pairs
 
 DRIFT = "concelier:drift"
 GROUP = "vex-consensus"
@@ -447,7 +448,6 @@ ISSUE_CASES = {
 )
 async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
     db: asyncpg.Pool,
-    settings_for: Any,
     vendor_first: bool,
     vendor_purl: str,
     pair_purl: str,
@@ -456,8 +456,6 @@ async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
     expected: str,
     decider: str,
 ) -> None:
-    import fakeredis
-
     justified = "vulnerable_code_not_present"
     docs = {
         VENDOR: parse_document(
@@ -490,12 +488,12 @@ async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
     assert set(rows) <= {pair, (canonical_purl(vendor_purl), VULN)}
 
     # An advisory naming the product in another spelling meets the same pair: no change.
-    redis = fakeredis.FakeAsyncRedis()
-    worker = VexConsensusWorker(resources(settings_for(), redis, db))
+    triggers = advisory_pairs([advisory([pair_purl.replace("pkg:", "PKG:", 1)], aliases=())])
+    assert list(triggers) == [pair]
     async with db.acquire() as conn, conn.transaction():
-        await worker.apply(conn, [advisory([pair_purl.replace("pkg:", "PKG:", 1)], aliases=())])
+        report = await service.recompute(conn, triggers, reason="advisory_drift")
+    assert report.changed == 0
     assert await consensus(db) == rows
-    await redis.aclose()
 
 
 async def test_an_advisory_with_an_invalid_purl_is_dead_lettered_with_the_reason(
