@@ -403,7 +403,7 @@ async def test_ten_thousand_purls_recompute_in_a_bounded_number_of_round_trips(
     await redis.aclose()
 
 
-# ------------------------------------------------------------------ purl scope (issue cases)
+# ------------------------------------------------------------------ purl identity and scope
 
 # The vendor (priority 1) and the distro (priority 2), as a security team sets them up.
 SCOPE_TRUST = [trust(VENDOR, "0.90", 1, "vendor"), trust(DISTRO, "0.80", 2, "distro")]
@@ -418,7 +418,7 @@ TOOL_CLI = "pkg:golang/github.com/acme/tool@v1.2.0#cmd/cli"
 # (vendor's purl, distro's purl = the pair, vendor status, distro status, expected status
 #  of the pair, whose statement decides it), worked by hand: a vendor statement whose
 #  scope covers the pair decides it at priority 1; one that does not leaves the distro.
-ISSUE_CASES = {
+SCOPE_CASES = {
     "qualifiers-in-another-order/vendor-not-affected": (
         APP_VENDOR, APP_DISTRO, "not_affected", "affected", "not_affected", VENDOR),
     "qualifiers-in-another-order/vendor-affected": (
@@ -443,8 +443,8 @@ ISSUE_CASES = {
 @pytest.mark.parametrize("vendor_first", [True, False], ids=["vendor-first", "distro-first"])
 @pytest.mark.parametrize(
     ("vendor_purl", "pair_purl", "vendor", "distro", "expected", "decider"),
-    list(ISSUE_CASES.values()),
-    ids=list(ISSUE_CASES),
+    list(SCOPE_CASES.values()),
+    ids=list(SCOPE_CASES),
 )
 async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
     db: asyncpg.Pool,
