@@ -2,9 +2,10 @@
 
 Migrations are ordered ``schema/NNNN_name.sql`` files, each applied in one
 transaction and recorded in ``schema_migrations(version, description,
-applied_at, checksum)``. A session-level advisory lock makes concurrent
-``fleet migrate`` runs apply each file once. A changed checksum of an applied
-file is refused.
+applied_at, checksum)``. A migration whose data change needs Python (see
+:func:`data_steps`) runs that step after its SQL, in the same transaction. A
+session-level advisory lock makes concurrent ``fleet migrate`` runs apply each file
+once. A changed checksum of an applied file is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,18 @@ class MigrationError(FleetError):
     pass
 
 
+DataStep = Callable[["DbConn"], Awaitable[str]]
+"""A migration's Python step: rewrites rows the SQL cannot; returns a summary line."""
+
+
+def data_steps() -> dict[int, DataStep]:
+    """Migration version -> the Python step run after that migration's SQL."""
+    # Imported here: the vex package imports this module.
+    from workers.vex_consensus.migration import canonicalize_stored_purls
+
+    return {7: canonicalize_stored_purls}
+
+
 def schema_dir(settings: Settings | None = None) -> Path:
     if settings is not None and settings.schema_dir:
         return Path(settings.schema_dir)
@@ -251,8 +264,13 @@ async def migrate(
     *,
     check_only: bool = False,
     on_applied: Callable[[Migration], None] | None = None,
+    steps: Mapping[int, DataStep] | None = None,
 ) -> MigrationPlan:
-    """Apply pending migrations under an advisory lock; with ``check_only`` apply nothing."""
+    """Apply pending migrations under an advisory lock; with ``check_only`` apply nothing.
+
+    ``steps`` (default :func:`data_steps`) are run after their migration's SQL, in the
+    same transaction."""
+    python_steps = data_steps() if steps is None else steps
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     # A migration may rewrite a large table: the workers' statement timeout is not for it.
     await conn.execute("SET statement_timeout = 0")
@@ -264,6 +282,10 @@ async def migrate(
         for m in plan.pending:
             async with conn.transaction():
                 await conn.execute(m.sql)
+                step = python_steps.get(m.version)
+                if step is not None:
+                    summary = await step(conn)
+                    log.info("migration.step", version=m.version, summary=summary)
                 await conn.execute(
                     "INSERT INTO public.schema_migrations (version, description, checksum) "
                     "VALUES ($1, $2, $3)",

@@ -22,6 +22,8 @@ from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
 from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
+from workers.vex_consensus.purls import canonical_purl
+from workers.vex_consensus.worker import advisory_pairs
 
 DRIFT = "concelier:drift"
 GROUP = "vex-consensus"
@@ -165,7 +167,9 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
     assert await service.publish_outbox(db, redis) == 1
     before = await consensus(db)
     assert set(before) == {(A, VULN)}
+    # The vendor (0.90) against the distro's versionless "fixed" (0.50), both at level 1.
     assert before[(A, VULN)]["resolved_status"] == "not_affected"
+    assert before[(A, VULN)]["conflict_detected"] is True
 
     disagreements = metric("fleet_vex_consensus_conflicts_total", reason="status_disagreement")
     recomputes = metric("fleet_vex_recompute_duration_seconds_count", reason="advisory_drift")
@@ -201,9 +205,10 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
         assert new.contributing_vex_ids == list(b["contributing_vex_ids"])
         assert await outbox(db) == 0
         queued = await db.fetch("SELECT * FROM vex.consensus_conflicts")
-        assert [(q["component_purl"], q["statuses"], q["resolved_at"]) for q in queued] == [
-            (B, ["affected", "not_affected"], None)
-        ]
+        assert {(q["component_purl"], tuple(q["statuses"]), q["resolved_at"]) for q in queued} == {
+            (A, ("fixed", "not_affected"), None),  # queued by the seed step
+            (B, ("affected", "not_affected"), None),
+        }
         assert (
             metric("fleet_vex_consensus_conflicts_total", reason="status_disagreement")
             == disagreements + 1
@@ -219,7 +224,7 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
         await poll(lambda: handled(redis, db, 2), what="the repeated advisory handled")
         assert await consensus(db) == after
         assert len(await published(redis)) == 2
-        assert await db.fetchval("SELECT count(*) FROM vex.consensus_conflicts") == 1
+        assert await db.fetchval("SELECT count(*) FROM vex.consensus_conflicts") == 2
         assert await outbox(db) == 0
     assert await redis.xlen(f"{DRIFT}:dlq") == 0
 
@@ -249,13 +254,14 @@ async def test_trust_change_flips_a_result_and_publishes_it(
     b = rows[(B, VULN)]
     assert (b["resolved_status"], b["conflict_detected"]) == ("not_affected", True)
     new = (await published(redis))[len(first) :]
-    # B flipped; the distro's versionless statement is a pair of its own and appears; A
-    # keeps its result because its own, more specific statements decide.
+    # B flipped; the distro's versionless statement is a pair of its own and appears; it
+    # also speaks for A, where the distro (0.95) now outweighs the vendor (0.90).
     assert {(e.component_purl, e.resolved_status, e.reason) for e in new} == {
         (B, "not_affected", "issuer_update"),
         (A_BASE, "fixed", "issuer_update"),
+        (A, "fixed", "issuer_update"),
     }
-    assert rows[(A, VULN)]["digest"] == old[(A, VULN)]["digest"]
+    assert rows[(A, VULN)]["digest"] != old[(A, VULN)]["digest"]
     conflicts = {r["digest"]: r for r in await db.fetch("SELECT * FROM vex.consensus_conflicts")}
     assert conflicts[old_b["digest"]]["resolution"] == "superseded"
     assert conflicts[b["digest"]]["resolved_at"] is None
@@ -397,6 +403,118 @@ async def test_ten_thousand_purls_recompute_in_a_bounded_number_of_round_trips(
     await redis.aclose()
 
 
+# ------------------------------------------------------------------ purl identity and scope
+
+# The vendor (priority 1) and the distro (priority 2), as a security team sets them up.
+SCOPE_TRUST = [trust(VENDOR, "0.90", 1, "vendor"), trust(DISTRO, "0.80", 2, "distro")]
+APP_VENDOR = "pkg:oci/app@sha256%3Aaa11?os=linux&arch=amd64"
+APP_DISTRO = "pkg:oci/app@sha256%3Aaa11?arch=amd64&os=linux"
+WEB_ARCH = "pkg:oci/web@sha256%3Abb22?arch=amd64"
+WEB_ARM = "pkg:oci/web@sha256%3Abb22?arch=arm64"
+WEB_DISTRO = "pkg:oci/web@sha256%3Abb22?arch=amd64&os=linux"
+TOOL = "pkg:golang/github.com/acme/tool@v1.2.0"
+TOOL_CLI = "pkg:golang/github.com/acme/tool@v1.2.0#cmd/cli"
+
+# (vendor's purl, distro's purl = the pair, vendor status, distro status, expected status
+#  of the pair, whose statement decides it), worked by hand: a vendor statement whose
+#  scope covers the pair decides it at priority 1; one that does not leaves the distro.
+SCOPE_CASES = {
+    "qualifiers-in-another-order/vendor-not-affected": (
+        APP_VENDOR, APP_DISTRO, "not_affected", "affected", "not_affected", VENDOR),
+    "qualifiers-in-another-order/vendor-affected": (
+        APP_VENDOR, APP_DISTRO, "affected", "not_affected", "affected", VENDOR),
+    "qualifier-subset/vendor-fixed": (
+        WEB_ARCH, WEB_DISTRO, "fixed", "affected", "fixed", VENDOR),
+    "qualifier-subset/vendor-affected": (
+        WEB_ARCH, WEB_DISTRO, "affected", "fixed", "affected", VENDOR),
+    "versionless/vendor-not-affected": (
+        A_BASE, A, "not_affected", "affected", "not_affected", VENDOR),
+    "versionless/vendor-affected": (
+        A_BASE, A, "affected", "not_affected", "affected", VENDOR),
+    "subpath/vendor-fixed": (TOOL, TOOL_CLI, "fixed", "affected", "fixed", VENDOR),
+    "subpath/vendor-affected": (TOOL, TOOL_CLI, "affected", "fixed", "affected", VENDOR),
+    "qualifier-with-another-value/vendor-not-affected": (
+        WEB_ARM, WEB_DISTRO, "not_affected", "affected", "affected", DISTRO),
+    "qualifier-with-another-value/vendor-affected": (
+        WEB_ARM, WEB_DISTRO, "affected", "not_affected", "not_affected", DISTRO),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("vendor_first", [True, False], ids=["vendor-first", "distro-first"])
+@pytest.mark.parametrize(
+    ("vendor_purl", "pair_purl", "vendor", "distro", "expected", "decider"),
+    list(SCOPE_CASES.values()),
+    ids=list(SCOPE_CASES),
+)
+async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
+    db: asyncpg.Pool,
+    vendor_first: bool,
+    vendor_purl: str,
+    pair_purl: str,
+    vendor: str,
+    distro: str,
+    expected: str,
+    decider: str,
+) -> None:
+    justified = "vulnerable_code_not_present"
+    docs = {
+        VENDOR: parse_document(
+            openvex(
+                VENDOR, [(vendor_purl, vendor, justified if vendor == "not_affected" else None)], T0
+            )
+        ),
+        DISTRO: parse_document(
+            openvex(
+                DISTRO, [(pair_purl, distro, justified if distro == "not_affected" else None)], T0
+            )
+        ),
+    }
+    async with db.acquire() as conn, conn.transaction():
+        await store.upsert_trust(conn, SCOPE_TRUST)
+    for issuer in [VENDOR, DISTRO] if vendor_first else [DISTRO, VENDOR]:
+        async with db.acquire() as conn, conn.transaction():
+            await service.import_documents(conn, [docs[issuer]])
+
+    pair = (canonical_purl(pair_purl), VULN)
+    rows = await consensus(db)
+    row = rows[pair]
+    (deciding,) = docs[decider].records
+    assert (row["resolved_status"], list(row["contributing_vex_ids"])) == (
+        expected,
+        [deciding.statement.raw_id],
+    )
+    assert row["conflict_detected"] is False  # the other issuer is a lower level: dissent
+    # Statements make pairs of their own, and only in canonical form.
+    assert set(rows) <= {pair, (canonical_purl(vendor_purl), VULN)}
+
+    # An advisory naming the product in another spelling meets the same pair: no change.
+    triggers = advisory_pairs([advisory([pair_purl.replace("pkg:", "PKG:", 1)], aliases=())])
+    assert list(triggers) == [pair]
+    async with db.acquire() as conn, conn.transaction():
+        report = await service.recompute(conn, triggers, reason="advisory_drift")
+    assert report.changed == 0
+    assert await consensus(db) == rows
+
+
+async def test_an_advisory_with_an_invalid_purl_is_dead_lettered_with_the_reason(
+    redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    await seed(db)
+    worker = VexConsensusWorker(resources(settings_for(), redis, db))
+    async with running(worker):
+        await publish_advisory(redis, advisory([A, "pkg:npm/"]))
+        await poll(lambda: _dead_letters(redis, 1), what="the advisory dead-lettered")
+    ((_, fields),) = await redis.xrange(f"{DRIFT}:dlq")
+    assert "invalid purl 'pkg:npm/'" in json.dumps(
+        {k.decode(): v.decode() for k, v in fields.items()}
+    )
+    assert await consensus(db) == {}
+
+
+async def _dead_letters(redis: Any, count: int) -> bool:
+    return int(await redis.xlen(f"{DRIFT}:dlq")) == count
+
+
 # ------------------------------------------------------------------ fleet vex (CLI)
 
 
@@ -471,29 +589,44 @@ async def test_cli_show_explains_every_statement(
     real_redis: Any, db: asyncpg.Pool, database_url: str, valkey_url: str
 ) -> None:
     env = _env(database_url, valkey_url)
-    await seed(db)
+    other_version = "pkg:npm/left-pad@9.9.9"
+    await seed(db, [*DOCS, openvex(RESEARCH, [(other_version, "affected", None)], T0)])
     async with db.acquire() as conn, conn.transaction():
         await service.recompute(conn, [(A, VULN)], reason="ingestion_delta")
-    shown = fleet_cli(env, "vex", "show", A, VULN, "--json")
+    # Any spelling of the purl names the pair; it is shown in canonical form.
+    shown = fleet_cli(env, "vex", "show", " PKG:NPM/left-pad@1.3.0?unset= ", VULN, "--json")
     assert shown.returncode == 0, shown.stderr.decode()
     body = json.loads(shown.stdout)
+    assert body["component_purl"] == A
     assert body["consensus"]["resolved_status"] == "not_affected"
     assert body["current"] is True
     assert body["deciding_priority"] == 1
-    assert body["conflicts"] == ["scope_mismatch"]
+    # not_affected 0.90 (vendor) against fixed 0.50 (the distro's versionless statement).
+    assert body["level_weights"] == [
+        {"status": "fixed", "weight": "0.50", "statements": 1},
+        {"status": "not_affected", "weight": "0.90", "statements": 1},
+    ]
+    assert body["conflicts"] == ["status_disagreement"]
     why = {(s["issuer_id"], s["component_purl"]): s for s in body["statements"]}
+    assert len(why) == 4  # every statement about the package for this vulnerability
     assert why[(VENDOR, A)]["disposition"] == "contributing" and why[(VENDOR, A)]["counted"]
+    assert why[(VENDOR, A)]["scope"] == "names this exact purl"
     assert why[(RESEARCH, A)]["disposition"] == "lower_priority"
     assert "below the deciding level 1" in why[(RESEARCH, A)]["reason"]
-    assert why[(DISTRO, A_BASE)]["exclusion"] == "less_specific_scope"
-    assert "more specific scope" in why[(DISTRO, A_BASE)]["reason"]
+    assert why[(DISTRO, A_BASE)]["disposition"] == "outvoted"
+    assert why[(DISTRO, A_BASE)]["scope"] == "covers the pair: every version"
+    assert why[(DISTRO, A_BASE)]["trust_score"] == "0.50"
+    assert why[(RESEARCH, other_version)]["exclusion"] == "out_of_scope"
+    assert why[(RESEARCH, other_version)]["scope"] == "names version 9.9.9, not 1.3.0"
     assert why[(VENDOR, A)]["source_document"].startswith("https://example.test/vex/")
 
     text = fleet_cli(env, "vex", "show", A, VULN)
     assert text.returncode == 0, text.stderr.decode()
-    out = text.stdout.decode()
-    assert "not_affected" in out and "3 statement(s)" in out
-    assert "excluded: a statement about a more specific scope decides" in " ".join(out.split())
+    out = " ".join(text.stdout.decode().split())
+    assert "not_affected" in out and "4 statement(s)" in out
+    assert "scope: names version 9.9.9, not 1.3.0" in out
+    assert "excluded (scope): the statement does not apply to this pair" in out
+    assert "deciding priority 1: fixed 0.50 (1), not_affected 0.90 (1)" in out
 
     # Trust removed behind the worker's back: show says the stored row is stale.
     await db.execute("DELETE FROM vex.issuer_trust WHERE issuer_id = $1", VENDOR)
@@ -502,6 +635,14 @@ async def test_cli_show_explains_every_statement(
     assert {s["exclusion"] for s in stale["statements"] if s["issuer_id"] == VENDOR} == {
         "no_trust_row"
     }
+
+
+async def test_cli_show_refuses_an_invalid_purl_with_one_line(
+    database_url: str, valkey_url: str
+) -> None:
+    result = fleet_cli(_env(database_url, valkey_url), "vex", "show", "pkg:npm/", VULN)
+    assert result.returncode == 2
+    assert "PURL: invalid purl 'pkg:npm/'" in _one_line_error(result)
 
 
 @needs_samples

@@ -467,7 +467,8 @@ def test_every_real_document_parses_or_is_refused_with_one_line() -> None:
     for name, data in REAL_DOCUMENTS:
         parsed = _parse_or_document_error(data)
         if "legacy" not in name:
-            assert parsed is not None and parsed.records, name
+            # csaf-example.json's one product has a purl without a name: reported, not stored.
+            assert parsed is not None and (parsed.records or parsed.skipped), name
 
 
 @FUZZ

@@ -24,16 +24,11 @@ from workers.vex_consensus.consensus import (
     Disposition,
     ExclusionReason,
     IssuerTrust,
-    ScopeSpecificity,
     Statement,
     compute_consensus,
     conflict_id_for,
     consensus_id_for,
     effective_status,
-    parse_purl,
-    purl_covers,
-    scope_candidates,
-    scope_specificity,
 )
 
 PAIR = "pkg:apk/wolfi/bash@1.0.0"
@@ -215,30 +210,42 @@ RULE_3 = {
 }
 
 RULE_4 = {
-    # The vendor is trusted more, but spoke about every version of bash.
-    "versioned-scope-beats-versionless": Case(
+    # Rule 4 works within an issuer: its most specific statement about the pair counts.
+    "an-issuers-versioned-statement-beats-its-own-later-versionless-one": Case(
+        [
+            stmt(1, "vendor", "fixed", minutes=0),
+            stmt(2, "vendor", "affected", minutes=9, purl="pkg:apk/wolfi/bash"),
+        ],
+        status="fixed",
+        contributing=(1,),
+        conflicts=("scope_mismatch",),
+        verdicts={1: ("contributing", None), 2: ("excluded", "less_specific_scope")},
+    ),
+    # affected 0.90 against fixed 0.80 at level 1: 0.90 / 1.70 = 0.5294.
+    "another-issuers-versionless-statement-still-counts": Case(
         [
             stmt(1, "vendor", "affected", purl="pkg:apk/wolfi/bash"),
             stmt(2, "distro", "fixed"),
         ],
-        status="fixed",
-        contributing=(2,),
-        conflicts=("scope_mismatch",),
-        verdicts={1: ("excluded", "less_specific_scope")},
+        status="affected",
+        conflict=True,
+        confidence="0.5294",
+        contributing=(1,),
+        conflicts=("status_disagreement",),
+        verdicts={1: ("contributing", None), 2: ("outvoted", None)},
     ),
-    "qualified-scope-beats-unqualified-even-at-a-worse-priority": Case(
+    "a-less-specific-statement-at-a-better-priority-decides": Case(
         [
             stmt(1, "vendor", "affected", purl="pkg:apk/distro/git@2.39.0-r1"),
             stmt(2, "community", "fixed", purl="pkg:apk/distro/git@2.39.0-r1?arch=x86_64"),
         ],
         pair="pkg:apk/distro/git@2.39.0-r1?arch=x86_64",
-        status="fixed",
-        contributing=(2,),
-        conflicts=("scope_mismatch",),
-        verdicts={1: ("excluded", "less_specific_scope")},
+        status="affected",
+        contributing=(1,),
+        verdicts={1: ("contributing", None), 2: ("lower_priority", None)},
     ),
-    "agreeing-scopes-are-no-mismatch": Case(
-        [stmt(1, "vendor", "fixed", purl="pkg:apk/wolfi/bash"), stmt(2, "distro", "fixed")],
+    "agreeing-scopes-of-one-issuer-are-no-mismatch": Case(
+        [stmt(1, "vendor", "fixed", purl="pkg:apk/wolfi/bash"), stmt(2, "vendor", "fixed")],
         status="fixed",
         contributing=(2,),
         verdicts={1: ("excluded", "less_specific_scope")},
@@ -253,16 +260,21 @@ RULE_4 = {
         contributing=(3,),
         verdicts={1: ("excluded", "out_of_scope"), 2: ("excluded", "out_of_scope")},
     ),
-    "scope-is-judged-after-each-issuer-picks-its-latest": Case(
+    "scope-comes-before-recency-then-the-latest-of-the-most-specific-wins": Case(
         [
             stmt(1, "vendor", "affected", minutes=0),
             stmt(2, "vendor", "fixed", minutes=9, purl="pkg:apk/wolfi/bash"),
-            stmt(3, "community", "under_investigation", minutes=0),
+            stmt(3, "vendor", "under_investigation", minutes=5),
+            stmt(4, "community", "not_affected", minutes=0),
         ],
         status="under_investigation",
         contributing=(3,),
         conflicts=("scope_mismatch",),
-        verdicts={1: ("excluded", "superseded"), 2: ("excluded", "less_specific_scope")},
+        verdicts={
+            1: ("excluded", "superseded"),
+            2: ("excluded", "less_specific_scope"),
+            4: ("lower_priority", None),
+        },
     ),
 }
 
@@ -524,79 +536,6 @@ def test_statements_are_validated() -> None:
         )
     with pytest.raises(ValueError, match="unknown VEX status"):
         stmt(1, "vendor", "exploitable")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("purl", "expected"),
-    [
-        ("pkg:apk/wolfi/bash", ScopeSpecificity(versioned=False, qualifiers=0, subpath=False)),
-        ("pkg:apk/wolfi/bash@1.0.0", ScopeSpecificity(versioned=True, qualifiers=0, subpath=False)),
-        (
-            "pkg:apk/distro/git@2.39.0-r1?arch=x86_64&distro=wolfi",
-            ScopeSpecificity(versioned=True, qualifiers=2, subpath=False),
-        ),
-        (
-            "pkg:apk/distro/git?arch=x86_64",
-            ScopeSpecificity(versioned=False, qualifiers=1, subpath=False),
-        ),
-        ("pkg:npm/@angular/core", ScopeSpecificity(versioned=False, qualifiers=0, subpath=False)),
-        ("pkg:golang/x/y@v1#sub/dir", ScopeSpecificity(versioned=True, qualifiers=0, subpath=True)),
-        ("not-a-purl", ScopeSpecificity(versioned=False, qualifiers=0, subpath=False)),
-    ],
-)
-def test_scope_specificity(purl: str, expected: ScopeSpecificity) -> None:
-    assert scope_specificity(purl) == expected
-
-
-def test_versioned_or_qualified_scope_is_more_specific_than_versionless() -> None:
-    bare = scope_specificity("pkg:apk/wolfi/bash")
-    assert scope_specificity("pkg:apk/wolfi/bash@1") > bare
-    assert scope_specificity("pkg:apk/wolfi/bash?arch=x86_64") > bare
-    assert scope_specificity("pkg:apk/wolfi/bash@1?arch=x86_64") > scope_specificity(
-        "pkg:apk/wolfi/bash@1"
-    )
-
-
-@pytest.mark.parametrize(
-    ("statement_purl", "pair_purl", "covers"),
-    [
-        (PAIR, PAIR, True),
-        ("pkg:apk/wolfi/bash", PAIR, True),
-        ("pkg:APK/wolfi/bash", PAIR, True),
-        ("pkg:apk/wolfi/bash@2.0.0", PAIR, False),
-        (PAIR, "pkg:apk/wolfi/bash", False),
-        ("pkg:apk/wolfi/zsh", PAIR, False),
-        ("pkg:apk/d/git@1?arch=x86_64", "pkg:apk/d/git@1?distro=w&arch=x86_64", True),
-        ("pkg:apk/d/git@1?arch=armv7", "pkg:apk/d/git@1?arch=x86_64", False),
-        ("pkg:apk/d/git@1?arch=x86_64", "pkg:apk/d/git@1", False),
-        ("opaque-id", "opaque-id", True),
-        ("opaque-id", "opaque-id-2", False),
-    ],
-)
-def test_purl_covers(statement_purl: str, pair_purl: str, covers: bool) -> None:
-    assert purl_covers(statement_purl, pair_purl) is covers
-
-
-def test_parse_purl_keeps_npm_scope_and_oci_digest() -> None:
-    npm = parse_purl("pkg:npm/@angular/core@16.0.0")
-    assert npm is not None
-    assert (npm.base, npm.version) == ("pkg:npm/@angular/core", "16.0.0")
-    oci = parse_purl("pkg:oci/nginx@sha256%3Aabc?repository_url=r.io/nginx")
-    assert oci is not None
-    assert (oci.base, oci.version) == ("pkg:oci/nginx", "sha256%3Aabc")
-    assert oci.qualifiers == frozenset({("repository_url", "r.io/nginx")})
-    assert parse_purl("https://example.com/x") is None
-    assert parse_purl("pkg:") is None
-
-
-def test_scope_candidates_for_lookup() -> None:
-    assert scope_candidates("pkg:apk/d/git@1?arch=x86_64") == (
-        "pkg:apk/d/git@1?arch=x86_64",
-        "pkg:apk/d/git@1",
-        "pkg:apk/d/git",
-    )
-    assert scope_candidates("pkg:apk/d/git") == ("pkg:apk/d/git",)
-    assert scope_candidates("opaque") == ("opaque",)
 
 
 def test_consensus_and_conflict_ids_are_stable_and_distinct() -> None:

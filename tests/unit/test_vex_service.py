@@ -48,17 +48,21 @@ AGREE = "pkg:npm/agree@1.0.0"
 SPLIT = "pkg:npm/split@1.0.0"
 GONE = "pkg:npm/gone@1.0.0"
 NONE = "pkg:npm/none@1.0.0"
+# Statements are filed by (package, vulnerability), as the store loads them.
 FILED = {
-    (AGREE, VULN): [stmt(1, "vendor", AGREE, "fixed"), stmt(2, "distro", AGREE, "fixed")],
-    (SPLIT, VULN): [stmt(3, "vendor", SPLIT, "affected"), stmt(4, "distro", SPLIT, "fixed")],
+    ("pkg:npm/agree", VULN): [stmt(1, "vendor", AGREE, "fixed"), stmt(2, "distro", AGREE, "fixed")],
+    ("pkg:npm/split", VULN): [
+        stmt(3, "vendor", SPLIT, "affected"),
+        stmt(4, "distro", SPLIT, "fixed"),
+    ],
     # An issuer without trust: the pair has no consensus.
-    (GONE, VULN): [stmt(5, "stranger", GONE, "affected")],
+    ("pkg:npm/gone", VULN): [stmt(5, "stranger", GONE, "affected")],
 }
 PAIRS = [(AGREE, VULN), (GONE, VULN), (NONE, VULN), (SPLIT, VULN)]
 
 
 def digest_of(pair: tuple[str, str]) -> str:
-    result = compute_consensus(pair[0], pair[1], FILED.get(pair, []), TRUST).result
+    result = compute_consensus(pair[0], pair[1], service.statements_for(pair, FILED), TRUST).result
     assert result is not None
     return result.digest
 
@@ -117,19 +121,28 @@ def test_a_second_identical_recompute_plans_nothing() -> None:
     assert again.unchanged == len(PAIRS)
 
 
-def test_less_specific_statements_are_found_through_scope_candidates() -> None:
+def test_every_statement_about_the_package_is_a_candidate_of_its_pairs() -> None:
     pair = ("pkg:npm/agree@1.0.0?os=linux", VULN)
     filed = {
-        (AGREE, VULN): [stmt(1, "vendor", AGREE, "fixed")],
-        ("pkg:npm/agree", VULN): [stmt(2, "distro", "pkg:npm/agree", "affected")],
-        ("pkg:npm/other", VULN): [stmt(3, "distro", "pkg:npm/other", "affected")],
+        ("pkg:npm/agree", VULN): [
+            stmt(1, "vendor", AGREE, "fixed"),
+            stmt(2, "distro", "pkg:npm/agree", "affected"),
+            stmt(3, "distro", "pkg:npm/agree@2.0.0", "affected"),
+        ],
+        ("pkg:npm/other", VULN): [stmt(4, "distro", "pkg:npm/other", "affected")],
     }
+    # Candidates are the package's statements; the consensus decides which apply.
     found = service.statements_for(pair, filed)
-    assert sorted(s.raw_id.int for s in found) == [1, 2]
-    assert store.lookups_for([pair, (AGREE, VULN)]) == [
-        (pair[0], VULN),
-        (AGREE, VULN),
+    assert sorted(s.raw_id.int for s in found) == [1, 2, 3]
+    outcome = compute_consensus(pair[0], VULN, found, TRUST)
+    assert {v.raw_id.int: v.exclusion for v in outcome.verdicts} == {
+        1: None,
+        2: None,
+        3: "out_of_scope",
+    }
+    assert store.lookups_for([pair, (AGREE, VULN), ("pkg:npm/other", VULN)]) == [
         ("pkg:npm/agree", VULN),
+        ("pkg:npm/other", VULN),
     ]
 
 
@@ -247,6 +260,8 @@ def test_every_verdict_has_a_reason() -> None:
         stmt(3, "research", pair_purl, "fixed"),
         stmt(4, "stranger", pair_purl, "fixed"),
         stmt(5, "community", base, "fixed"),
+        stmt(8, "community", pair_purl, "fixed"),
+        stmt(9, "vendor", "pkg:npm/x@2.0.0", "fixed"),
         Statement(
             raw_id=uuid.UUID(int=6),
             issuer_id="distro",
@@ -269,6 +284,25 @@ def test_every_verdict_has_a_reason() -> None:
     assert reasons[2].startswith("counted, outvoted: fixed lost at priority 1")
     assert reasons[3] == "not deciding: priority 2 is below the deciding level 1"
     assert "no trust row" in reasons[4]
-    assert "more specific scope" in reasons[5]
+    assert "more specific scope" in reasons[5] and reasons[5].startswith("excluded (scope)")
+    assert reasons[9] == "excluded (scope): the statement does not apply to this pair"
     assert "superseded" in reasons[6]
     assert "no timestamp" in reasons[7]
+
+
+def test_advisory_purls_are_taken_in_canonical_form() -> None:
+    event = advisory(
+        [
+            "pkg:oci/app@sha256%3Aaa11?os=linux&arch=amd64",
+            "pkg:oci/app@sha256:aa11?arch=amd64&os=linux",
+        ]
+    )
+    assert list(advisory_pairs([event])) == [("pkg:oci/app@sha256:aa11?arch=amd64&os=linux", VULN)]
+
+
+def test_an_advisory_with_an_invalid_purl_is_refused_with_the_reason() -> None:
+    worker = VexConsensusWorker(Resources(settings=load_settings({}), redis=None))  # type: ignore[arg-type]  # validate never touches Valkey
+    problem = worker.validate(advisory(["pkg:npm/a@1", "pkg:maven/@1.3.4"]))
+    assert problem == (
+        "invalid purl 'pkg:maven/@1.3.4': purl is missing the required name component"
+    )

@@ -34,6 +34,7 @@ from workers.vex_consensus.consensus import (
     compute_consensus,
 )
 from workers.vex_consensus.documents import DocumentError, ParsedDocument, parse_document
+from workers.vex_consensus.purls import PurlError, canonical_purl, scope_of, scope_reason
 from workers.vex_consensus.store import Pair, StoredConsensus
 
 app = typer.Typer(
@@ -179,12 +180,13 @@ def import_documents(
                     ) from None
                 report.recompute.observe()
                 _accumulate(total, report.recompute)
-                skipped = f", {len(doc.skipped)} product(s) without a purl skipped"
+                skipped = f", {len(doc.skipped)} product(s) skipped (no purl or an invalid one)"
                 lines.append(
                     f"{path}: {doc.format} {doc.format_version} from {doc.issuer_id!r}: "
                     f"{report.statements} statement(s), {report.inserted} new"
                     + (skipped if doc.skipped else "")
                 )
+                lines.extend(_refused_purls(path, doc))
                 progress.advance(task)
         published, deferred = await _publish(pool)
         async with pool.acquire() as conn:
@@ -199,6 +201,20 @@ def import_documents(
         highlight=False,
         soft_wrap=True,
     )
+
+
+_REFUSED_SHOWN = 10
+
+
+def _refused_purls(path: Path, doc: ParsedDocument) -> list[str]:
+    """One line per product refused for an invalid purl (the first few), with the reason."""
+    refused = list(
+        dict.fromkeys(s.reason for s in doc.skipped if s.reason.startswith("invalid purl"))
+    )
+    lines = [f"{path}: skipped: {reason}" for reason in refused[:_REFUSED_SHOWN]]
+    if len(refused) > _REFUSED_SHOWN:
+        lines.append(f"{path}: … and {len(refused) - _REFUSED_SHOWN} more invalid purl(s)")
+    return lines
 
 
 def _print_lines(lines: list[str]) -> None:
@@ -242,15 +258,17 @@ def verdict_reason(verdict: StatementVerdict, outcome: ConsensusOutcome) -> str:
             )
     match verdict.exclusion:
         case "no_trust_row":
-            return "excluded: the issuer has no trust row (missing provenance)"
+            return "excluded (trust): the issuer has no trust row (missing provenance)"
         case "no_timestamp":
-            return "excluded: the statement has no timestamp (missing provenance)"
+            return "excluded (provenance): the statement has no timestamp (missing provenance)"
         case "superseded":
-            return "excluded: superseded by a later statement of the same issuer"
+            return "excluded (supersession): superseded by a later statement of the same issuer"
         case "less_specific_scope":
-            return "excluded: a statement about a more specific scope decides"
+            return (
+                "excluded (scope): the same issuer's statement about a more specific scope decides"
+            )
         case _:
-            return "excluded: the statement does not apply to this pair"
+            return "excluded (scope): the statement does not apply to this pair"
 
 
 class _ShownStatement(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,6 +284,8 @@ class _ShownStatement(msgspec.Struct, frozen=True, kw_only=True):
     exclusion: str | None
     counted: bool
     reason: str
+    scope: str
+    """How the statement's purl relates to the pair's (applies or not, and why)."""
     source_document: str | None
 
 
@@ -306,6 +326,7 @@ def _explain(
     sources: dict[Any, store.StatementSource],
 ) -> _Shown:
     fresh = None if outcome.result is None else outcome.result.digest
+    pair_scope = scope_of(pair[0])
     return _Shown(
         component_purl=pair[0],
         vulnerability_id=pair[1],
@@ -332,6 +353,7 @@ def _explain(
                 exclusion=v.exclusion,
                 counted=v.disposition in ("contributing", "outvoted"),
                 reason=verdict_reason(v, outcome),
+                scope=scope_reason(scope_of(v.component_purl), pair_scope),
                 source_document=sources[v.raw_id].source_document if v.raw_id in sources else None,
             )
             for v in outcome.verdicts
@@ -345,8 +367,17 @@ def show(
     vulnerability: Annotated[str, typer.Argument(help="Vulnerability id, e.g. CVE-2024-1234.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """The consensus of one pair and every statement behind it, with why it counted or not."""
-    pair: Pair = (purl, vulnerability)
+    """The consensus of one pair and every statement about its package considered for it:
+    whether its scope applies, why it counted or not (trust, supersession, priority), and
+    the weights. The purl is taken in canonical form."""
+    try:
+        component_purl = canonical_purl(purl)
+    except PurlError as exc:
+        raise fail(f"PURL: {exc}", EXIT_USAGE) from None
+    vulnerability = vulnerability.strip()
+    if not vulnerability:
+        raise fail("VULN must not be blank", EXIT_USAGE)
+    pair: Pair = (component_purl, vulnerability)
 
     async def work(pool: asyncpg.Pool) -> _Shown:
         async with pool.acquire() as conn:
@@ -354,7 +385,7 @@ def show(
             filed, trust = await store.load_inputs(conn, store.lookups_for([pair]))
             statements = service.statements_for(pair, filed)
             sources = await store.statement_sources(conn, [s.raw_id for s in statements])
-        outcome = compute_consensus(purl, vulnerability, statements, trust)
+        outcome = compute_consensus(component_purl, vulnerability, statements, trust)
         return _explain(pair, row, outcome, sources)
 
     shown = _run(work)
@@ -399,7 +430,7 @@ def _print_shown(shown: _Shown) -> None:
     if shown.conflicts:
         out.print(f"conflicts: {', '.join(shown.conflicts)}", highlight=False)
     if not shown.statements:
-        out.print("no statements about this pair")
+        out.print("no statements about this package and vulnerability")
         return
     # One block per statement rather than a table: purls and issuers are long, and the
     # reason must stay readable (and greppable) at any terminal width.
@@ -415,6 +446,7 @@ def _print_shown(shown: _Shown) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        out.print(f"      scope: {st.scope}", highlight=False, soft_wrap=True)
         out.print(f"      {st.reason}", highlight=False, soft_wrap=True)
 
 

@@ -17,21 +17,24 @@ Guarantees:
   ``vex.consensus``, so the digest can be re-derived from the row.
 - A statement from an issuer without a trust row never changes the result.
 
-Scope specificity (rule 4). A statement applies to the pair when its purl equals
-the pair purl, or when it has the same type, namespace and name and is no more
-specific: its version is absent or equal, its qualifiers are a subset of the
-pair's, its subpath is absent or equal. Among applicable statements, specificity
-is ordered by (carries a version, number of qualifiers, carries a subpath): a
-versioned or qualified purl is more specific than a bare versionless one. A
-statement made about a subcomponent (OpenVEX ``subcomponents``) is stored under
-the subcomponent's own purl and is exactly as specific as that purl; where it
-came from does not matter. Statements that do not apply at all (another
-package or version, another vulnerability) are excluded as ``out_of_scope``.
+Scope (rule 4). Statement and pair purls are canonical
+(:mod:`workers.vex_consensus.purls`). A statement applies to the pair when it names
+the same package (type, namespace, name), its version is absent or equal, its
+qualifiers are a subset of the pair's and its subpath is absent or equal; others
+(another package, version, qualifier value or subpath, another vulnerability) are
+excluded as ``out_of_scope``. Rule 4 works within each issuer: of an issuer's
+eligible statements the most specific scope wins, ordered by (carries a version,
+number of qualifiers, carries a subpath), and rule 3 picks the latest among those.
+So a vendor's statement about ``pkg:oci/web@d?arch=amd64`` speaks for the pair
+``pkg:oci/web@d?arch=amd64&os=linux`` until the vendor says something about that
+exact product, whatever another issuer said about it. A statement made about a
+subcomponent (OpenVEX ``subcomponents``) is stored under the subcomponent's own purl
+and is exactly as specific as that purl.
 
 Counting conflicts. ``missing_provenance`` is counted once per statement excluded
-by rule 1. ``scope_mismatch`` is counted once per computation when a less specific
-statement set aside by rule 4 carries a status that no statement at the most
-specific scope carries (set-aside statements that agree are not a conflict).
+by rule 1. ``scope_mismatch`` is counted once per computation when an issuer's less specific
+statement set aside by rule 4 carries another status than that issuer's effective
+statement (set-aside statements that agree are not a conflict).
 ``status_disagreement`` is counted once when the deciding level holds two or
 more statuses; it is also what sets ``conflict_detected``.
 """
@@ -45,11 +48,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 import msgspec
 
 from contracts.vex import VexStatus
+from workers.vex_consensus.purls import ScopeSpecificity, applies, scope_of, specificity
 
 IssuerType = Literal["vendor", "distro", "researcher", "community", "other"]
 ConflictReason = Literal["status_disagreement", "scope_mismatch", "missing_provenance"]
@@ -142,7 +146,7 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def specificity(self) -> ScopeSpecificity:
-        return scope_specificity(self.component_purl)
+        return specificity(scope_of(self.component_purl))
 
 
 class IssuerTrust(msgspec.Struct, frozen=True, kw_only=True):
@@ -252,97 +256,6 @@ class ConsensusOutcome(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(w.status for w in self.level_weights)
 
 
-class PurlScope(NamedTuple):
-    """The parts of a purl that decide scope; ``base`` is ``pkg:type/namespace/name``."""
-
-    base: str
-    version: str | None
-    qualifiers: frozenset[tuple[str, str]]
-    subpath: str | None
-
-
-class ScopeSpecificity(NamedTuple):
-    """Ordered most significant first; a greater tuple is a more specific scope."""
-
-    versioned: bool
-    qualifiers: int
-    subpath: bool
-
-
-def parse_purl(purl: str) -> PurlScope | None:
-    """Split a purl into its scope parts; ``None`` when it is not ``pkg:type/name…``.
-
-    Only the structure is read: components are compared as written (no percent
-    decoding), except the type and qualifier keys, which purl defines as case-insensitive.
-    """
-    if purl[:4].lower() != "pkg:":
-        return None
-    rest, _, subpath = purl[4:].lstrip("/").partition("#")
-    rest, _, query = rest.partition("?")
-    kind, slash, path = rest.partition("/")
-    if not kind or not slash or not path:
-        return None
-    version: str | None = None
-    head, at, tail = path.rpartition("@")
-    # An '@' followed by a '/' belongs to a namespace (e.g. an unencoded npm scope).
-    if at and tail and "/" not in tail:
-        path, version = head, tail
-    qualifiers: set[tuple[str, str]] = set()
-    for item in query.split("&"):
-        if item:
-            key, _, value = item.partition("=")
-            qualifiers.add((key.lower(), value))
-    return PurlScope(
-        base=f"pkg:{kind.lower()}/{path}",
-        version=version,
-        qualifiers=frozenset(qualifiers),
-        subpath=subpath or None,
-    )
-
-
-def scope_specificity(purl: str) -> ScopeSpecificity:
-    """How specific a statement's scope is; an identifier that is not a purl ranks lowest."""
-    scope = parse_purl(purl)
-    if scope is None:
-        return ScopeSpecificity(versioned=False, qualifiers=0, subpath=False)
-    return ScopeSpecificity(
-        versioned=scope.version is not None,
-        qualifiers=len(scope.qualifiers),
-        subpath=scope.subpath is not None,
-    )
-
-
-def purl_covers(statement_purl: str, pair_purl: str) -> bool:
-    """Whether a statement about ``statement_purl`` applies to the pair's ``pair_purl``."""
-    if statement_purl == pair_purl:
-        return True
-    stmt, pair = parse_purl(statement_purl), parse_purl(pair_purl)
-    if stmt is None or pair is None or stmt.base != pair.base:
-        return False
-    return (
-        (stmt.version is None or stmt.version == pair.version)
-        and stmt.qualifiers <= pair.qualifiers
-        and (stmt.subpath is None or stmt.subpath == pair.subpath)
-    )
-
-
-def scope_candidates(pair_purl: str) -> tuple[str, ...]:
-    """Statement purls to look up for a pair: itself, then without qualifiers, without version.
-
-    A lookup helper only: statements written with a qualifier subset or another
-    qualifier order are not listed, while :func:`compute_consensus` accepts any
-    statement that :func:`purl_covers` the pair.
-    """
-    scope = parse_purl(pair_purl)
-    if scope is None:
-        return (pair_purl,)
-    candidates = [pair_purl]
-    if scope.version is not None:
-        candidates.append(f"{scope.base}@{scope.version}")
-    candidates.append(scope.base)
-    return tuple(dict.fromkeys(candidates))
-
-
 def effective_status(statement: Statement) -> VexStatus:
     """Rule 2: ``not_affected`` needs a justification or an impact statement to count."""
     if statement.status == "not_affected" and not (
@@ -398,11 +311,15 @@ def compute_consensus(
         )
 
     # Scope applicability, then rule 1 (provenance).
+    pair_scope = scope_of(component_purl)
     eligible: list[Statement] = []
+    scopes: dict[uuid.UUID, ScopeSpecificity] = {}
     for s in unique.values():
-        if s.vulnerability_id != vulnerability_id or not purl_covers(
-            s.component_purl, component_purl
-        ):
+        if s.vulnerability_id != vulnerability_id:
+            judge(s, "excluded", "out_of_scope")
+            continue
+        scope = scope_of(s.component_purl)
+        if s.component_purl != component_purl and not applies(scope, pair_scope):
             judge(s, "excluded", "out_of_scope")
         elif s.issuer_id not in trust:
             judge(s, "excluded", "no_trust_row")
@@ -412,31 +329,29 @@ def compute_consensus(
             conflicts.append("missing_provenance")
         else:
             eligible.append(s)
+            scopes[s.raw_id] = specificity(scope)
 
-    # Rule 3: one effective statement per issuer, the latest.
-    latest: dict[str, Statement] = {}
+    # Rules 4 and 3, within each issuer: its most specific statement, the latest of those.
+    chosen: dict[str, Statement] = {}
     for s in eligible:
-        current = latest.get(s.issuer_id)
-        if current is None or _recency(s, effective) > _recency(current, effective):
-            latest[s.issuer_id] = s
+        current = chosen.get(s.issuer_id)
+        if current is None or _precedence(s, scopes, effective) > _precedence(
+            current, scopes, effective
+        ):
+            chosen[s.issuer_id] = s
+    scope_disagrees = False
     for s in eligible:
-        if latest[s.issuer_id].raw_id != s.raw_id:
+        winner_of_issuer = chosen[s.issuer_id]
+        if winner_of_issuer.raw_id == s.raw_id:
+            continue
+        if scopes[s.raw_id] < scopes[winner_of_issuer.raw_id]:
+            judge(s, "excluded", "less_specific_scope")
+            scope_disagrees |= effective[s.raw_id] != effective[winner_of_issuer.raw_id]
+        else:
             judge(s, "excluded", "superseded")
-
-    # Rule 4: the most specific scope present wins.
-    effective_statements = list(latest.values())
-    kept: list[Statement] = []
-    if effective_statements:
-        top = max(s.specificity for s in effective_statements)
-        kept = [s for s in effective_statements if s.specificity == top]
-        kept_statuses = {effective[s.raw_id] for s in kept}
-        scope_disagrees = False
-        for s in effective_statements:
-            if s.specificity != top:
-                judge(s, "excluded", "less_specific_scope")
-                scope_disagrees |= effective[s.raw_id] not in kept_statuses
-        if scope_disagrees:
-            conflicts.append("scope_mismatch")
+    if scope_disagrees:
+        conflicts.append("scope_mismatch")
+    kept = list(chosen.values())
 
     if not kept:  # rule 8
         return ConsensusOutcome(
@@ -508,9 +423,15 @@ def _dedupe(statements: Iterable[Statement]) -> dict[uuid.UUID, Statement]:
     return dict(sorted(unique.items()))
 
 
-def _recency(s: Statement, effective: Mapping[uuid.UUID, VexStatus]) -> tuple[datetime, int, int]:
+def _precedence(
+    s: Statement,
+    scopes: Mapping[uuid.UUID, ScopeSpecificity],
+    effective: Mapping[uuid.UUID, VexStatus],
+) -> tuple[ScopeSpecificity, datetime, int, int]:
+    # Rule 4 (the more specific scope), then rule 3 (the latest; equal times: less safe,
+    # then the greater raw id): a total order, so the choice never depends on input order.
     assert s.published_at is not None  # statements without a timestamp were excluded
-    return (s.published_at, UNSAFETY[effective[s.raw_id]], s.raw_id.int)
+    return (scopes[s.raw_id], s.published_at, UNSAFETY[effective[s.raw_id]], s.raw_id.int)
 
 
 def _ratio(part: Decimal, total: Decimal) -> Decimal:

@@ -35,9 +35,15 @@ Formats:
 - CycloneDX documents are recognised and refused with a clear message; their
   statuses map as :data:`~workers.vex_consensus.consensus.CYCLONEDX_STATUS`.
 
+Purls: every product purl is stored in canonical form
+(:func:`~workers.vex_consensus.purls.canonical_purl`, ``packageurl-python``). A
+product whose purl the specification refuses makes no statement; it is reported in
+:attr:`ParsedDocument.skipped` with the reason, like a product without a purl.
+
 Identity: each record's raw id is a uuid5 (fixed :data:`RAW_ID_NAMESPACE`) over the
 issuer and the canonical JSON of the record (pair, status, justification, impact
-statement, UTC time, parent product, raw statement), so parsing the same document
+statement, UTC time, parent product, raw statement; purls as written, so the ids of
+statements stored before purls were canonical do not change), so parsing the same document
 twice yields the same ids and a changed statement yields a new one. Records with
 equal ids inside one document are kept once. Timestamps are normalised to UTC at
 microsecond precision (rounded); a timestamp without a zone offset is an error.
@@ -61,7 +67,8 @@ from urllib.parse import quote
 import msgspec
 
 from contracts.vex import VexStatus
-from workers.vex_consensus.consensus import CSAF_STATUS, Statement, canonical_json, parse_purl
+from workers.vex_consensus.consensus import CSAF_STATUS, Statement, canonical_json
+from workers.vex_consensus.purls import PurlError, canonical_purl
 
 RAW_ID_NAMESPACE: Final = uuid.UUID("92eb86de-6094-4f18-bb88-e4d1de12d596")
 """Fixed namespace of statement raw ids; changing it would re-identify every stored statement."""
@@ -94,7 +101,7 @@ class VexRecord(msgspec.Struct, frozen=True, kw_only=True):
     statement: Statement
     raw_statement: dict[str, Any]
     parent_product: str | None = None
-    """For a subcomponent's record: the product it was stated as part of."""
+    """For a subcomponent's record: the product it was stated as part of, as written."""
 
 
 class SkippedProduct(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +173,7 @@ class _Collector:
         self,
         *,
         purl: str,
+        # purl as written: the raw id covers it, so ids stay those of earlier releases.
         vulnerability_id: str,
         status: VexStatus,
         justification: str | None,
@@ -174,6 +182,11 @@ class _Collector:
         raw: dict[str, Any],
         parent_product: str | None = None,
     ) -> None:
+        try:
+            canonical = canonical_purl(purl)
+        except PurlError as exc:
+            self.skip(vulnerability_id, purl, str(exc))
+            return
         published = None if published_at is None else published_at.astimezone(UTC)
         body = {
             "component_purl": purl,
@@ -193,7 +206,7 @@ class _Collector:
             statement=Statement(
                 raw_id=raw_id,
                 issuer_id=self.issuer_id,
-                component_purl=purl,
+                component_purl=canonical,
                 vulnerability_id=vulnerability_id,
                 status=status,
                 justification=justification,
@@ -222,8 +235,14 @@ def _text(value: str | None) -> str | None:
     return (value.strip() or None) if value is not None else None
 
 
-def _is_purl(value: str | None) -> bool:
-    return value is not None and parse_purl(value) is not None
+def _names_purl(value: str | None) -> bool:
+    """Whether an id field names a purl (other ids, e.g. URLs, name something else)."""
+    return value is not None and value.strip()[:4].lower() == "pkg:"
+
+
+def _purl_field(value: str | None) -> str | None:
+    """A field that can only hold a purl: its value unless blank (checked when added)."""
+    return value if value is not None and value.strip() else None
 
 
 # --- OpenVEX ----------------------------------------------------------------------------
@@ -234,10 +253,9 @@ class _OvComponent(msgspec.Struct, frozen=True):
     identifiers: dict[str, str] = {}
 
     def purl(self) -> str | None:
-        if _is_purl(self.id):
+        if _names_purl(self.id):
             return self.id
-        purl = self.identifiers.get("purl")
-        return purl if _is_purl(purl) else None
+        return _purl_field(self.identifiers.get("purl"))
 
     def label(self) -> str:
         return self.id or next(iter(self.identifiers.values()), "(unnamed product)")
@@ -354,7 +372,7 @@ def _parse_openvex_legacy(obj: dict[str, Any]) -> ParsedDocument:
         pairs: list[tuple[str, str | None]] = [(p, None) for p in stmt.products]
         pairs += [(sub, p) for p in stmt.products for sub in stmt.subcomponents]
         for component, parent in pairs:
-            if not _is_purl(component):
+            if not _names_purl(component):
                 out.skip(stmt.vulnerability, component, "no purl")
                 continue
             out.add(
@@ -391,7 +409,7 @@ class _CsafProduct(msgspec.Struct, frozen=True):
 
     def purl(self) -> str | None:
         helper = self.product_identification_helper
-        return helper.purl if helper is not None and _is_purl(helper.purl) else None
+        return None if helper is None else _purl_field(helper.purl)
 
 
 class _CsafBranch(msgspec.Struct, frozen=True):

@@ -43,10 +43,10 @@ from workers.vex_consensus.consensus import (
     canonical_json,
     compute_consensus,
     conflict_id_for,
-    scope_candidates,
 )
 from workers.vex_consensus.documents import ParsedDocument
-from workers.vex_consensus.store import ConflictRow, Pair
+from workers.vex_consensus.purls import package_of
+from workers.vex_consensus.store import ConflictRow, PackageKey, Pair
 
 log = structlog.get_logger("workers.vex_consensus")
 
@@ -117,18 +117,18 @@ def consensus_event_id(pair: Pair, digest: str | None, previous: str | None) -> 
     return uuid.uuid5(EVENT_ID_NAMESPACE, canonical_json(body).decode("utf-8"))
 
 
-def statements_for(pair: Pair, filed: Mapping[Pair, Sequence[Statement]]) -> list[Statement]:
-    """The statements that may apply to ``pair``: those filed under its scope candidates."""
+def statements_for(
+    pair: Pair, filed: Mapping[PackageKey, Sequence[Statement]]
+) -> Sequence[Statement]:
+    """The statements that may apply to ``pair``: every statement about its package and
+    vulnerability (:func:`compute_consensus` decides which apply)."""
     purl, vulnerability_id = pair
-    found: list[Statement] = []
-    for candidate in scope_candidates(purl):
-        found.extend(filed.get((candidate, vulnerability_id), ()))
-    return found
+    return filed.get((package_of(purl), vulnerability_id), ())
 
 
 def plan_changes(
     pairs: Sequence[Pair],
-    filed: Mapping[Pair, Sequence[Statement]],
+    filed: Mapping[PackageKey, Sequence[Statement]],
     trust: Mapping[str, IssuerTrust],
     stored: Mapping[Pair, str],
     *,
@@ -139,7 +139,7 @@ def plan_changes(
 ) -> ChangePlan:
     """Decide what to write for ``pairs`` (pure).
 
-    ``filed`` holds statements by (statement purl, vulnerability), ``stored`` the
+    ``filed`` holds statements by (package, vulnerability), ``stored`` the
     stored digest of each pair that has a row. Conflicts are counted, and queued,
     only for results that changed, so an unchanged recompute never counts twice.
     """
@@ -286,6 +286,28 @@ async def recompute(
         seconds=round(report.seconds, 6),
     )
     return report
+
+
+async def withdraw(
+    conn: DbConn,
+    stored: Mapping[Pair, str],
+    *,
+    reason: RecomputeReason,
+    now: datetime | None = None,
+) -> int:
+    """Remove the consensus rows of ``stored`` (pair -> stored digest) inside the caller's
+    transaction: rows deleted, their open conflicts closed as superseded, a withdrawal
+    queued for publishing per pair. Returns how many."""
+    if not stored:
+        return 0
+    at = now or datetime.now(UTC)
+    pairs = sorted(stored)
+    await store.lock_vulnerabilities(conn, {v for _, v in pairs})
+    await store.write_consensus(conn, [], pairs, at)
+    await store.update_conflicts(conn, dict.fromkeys(pairs), [], at)
+    events = [_event(p, None, stored[p], reason, at, _NO_TRIGGER) for p in pairs]
+    await store.write_outbox(conn, [(e.event_id, _encoder.encode(e)) for e in events])
+    return len(events)
 
 
 class ImportReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,13 +30,14 @@ from workers.vex_consensus.consensus import (
     IssuerType,
     Statement,
     consensus_id_for,
-    parse_purl,
-    scope_candidates,
 )
 from workers.vex_consensus.documents import ParsedDocument
+from workers.vex_consensus.purls import PurlScope, applies, package_of, scope_of
 
 Pair = tuple[str, str]
-"""(component purl, vulnerability id)."""
+"""(component purl, vulnerability id); the purl is canonical."""
+PackageKey = tuple[str, str]
+"""(``pkg:type/namespace/name``, vulnerability id): how statements are filed and found."""
 
 LOCK_CLASS: Final = 0x56455801
 """First key of the ``pg_advisory_xact_lock(int, int)`` locks that serialise recomputes."""
@@ -95,16 +96,16 @@ def lock_bucket(vulnerability_id: str) -> int:
 _INSERT_STATEMENTS = """
 INSERT INTO vex.vex_raw (
     raw_id, issuer_id, component_purl, vulnerability_id, status, justification,
-    impact_statement, raw_statement, published_at, source_document
+    impact_statement, raw_statement, published_at, source_document, scope_base
 )
 SELECT r.raw_id, r.issuer_id, r.component_purl, r.vulnerability_id, r.status,
        r.justification, r.impact_statement, r.raw_statement::jsonb, r.published_at,
-       r.source_document
+       r.source_document, r.scope_base
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::timestamptz[], $10::text[]
+    $8::text[], $9::timestamptz[], $10::text[], $11::text[]
 ) AS r(raw_id, issuer_id, component_purl, vulnerability_id, status, justification,
-       impact_statement, raw_statement, published_at, source_document)
+       impact_statement, raw_statement, published_at, source_document, scope_base)
 ON CONFLICT (raw_id) DO NOTHING
 RETURNING raw_id
 """
@@ -115,7 +116,10 @@ _encoder = msgspec.json.Encoder()
 async def insert_statements(
     conn: DbConn, documents: Sequence[ParsedDocument], *, chunk_size: int = 5000
 ) -> list[Statement]:
-    """Store every record of ``documents``; returns the statements that were new."""
+    """Store every record of ``documents``; returns the statements that were new.
+
+    Records carry canonical purls (:func:`~workers.vex_consensus.documents.parse_document`
+    makes them so); each row also stores its purl's package as ``scope_base``."""
     by_id: dict[uuid.UUID, tuple[Statement, bytes, str | None]] = {}
     for doc in documents:
         for record in doc.records:
@@ -143,6 +147,7 @@ async def insert_statements(
                 [raw.decode("utf-8") for _, raw, _ in chunk],
                 [s.published_at for s, _, _ in chunk],
                 [document for _, _, document in chunk],
+                [package_of(s.component_purl) for s, _, _ in chunk],
             )
         }
         inserted.extend(s for s, _, _ in chunk if s.raw_id in new_ids)
@@ -151,33 +156,33 @@ async def insert_statements(
 
 _LOAD_INPUTS = """
 SELECT r.raw_id, r.issuer_id, r.component_purl, r.vulnerability_id, r.status,
-       r.justification, r.impact_statement, r.published_at,
+       r.justification, r.impact_statement, r.published_at, r.scope_base,
        t.trust_score, t.priority, t.issuer_type
-FROM unnest($1::text[], $2::text[]) AS p(purl, vulnerability_id)
+FROM unnest($1::text[], $2::text[]) AS k(scope_base, vulnerability_id)
 JOIN vex.vex_raw r
-  ON r.component_purl = p.purl AND r.vulnerability_id = p.vulnerability_id
+  ON r.scope_base = k.scope_base AND r.vulnerability_id = k.vulnerability_id
 LEFT JOIN vex.issuer_trust t ON t.issuer_id = r.issuer_id
 """
 
 
-def lookups_for(pairs: Iterable[Pair]) -> list[Pair]:
-    """The (statement purl, vulnerability) keys whose statements can apply to ``pairs``."""
-    seen: dict[Pair, None] = {}
-    for purl, vulnerability_id in pairs:
-        for candidate in scope_candidates(purl):
-            seen[(candidate, vulnerability_id)] = None
-    return list(seen)
+def lookups_for(pairs: Iterable[Pair]) -> list[PackageKey]:
+    """The (package, vulnerability) keys under which every statement that can apply to
+    ``pairs`` is filed: a statement applies only to pairs of its own package."""
+    return list(dict.fromkeys((package_of(purl), v) for purl, v in pairs))
 
 
 async def load_inputs(
-    conn: DbConn, lookups: Sequence[Pair]
-) -> tuple[dict[Pair, list[Statement]], dict[str, IssuerTrust]]:
-    """Statements filed under each lookup key, and the trust rows of their issuers.
+    conn: DbConn, lookups: Sequence[PackageKey]
+) -> tuple[dict[PackageKey, list[Statement]], dict[str, IssuerTrust]]:
+    """Every statement about each (package, vulnerability) key, and its issuers' trust.
 
-    One query: the keys are unnested and joined to ``vex_raw`` and ``issuer_trust``.
+    One query: the keys are unnested and joined to ``vex_raw`` (index on
+    ``scope_base, vulnerability_id``) and ``issuer_trust``. Which of a package's
+    statements apply to a pair is decided in pure code
+    (:func:`~workers.vex_consensus.consensus.compute_consensus`).
     """
     rows = await conn.fetch(_LOAD_INPUTS, [p for p, _ in lookups], [v for _, v in lookups])
-    statements: dict[Pair, list[Statement]] = {}
+    statements: dict[PackageKey, list[Statement]] = {}
     trust: dict[str, IssuerTrust] = {}
     for r in rows:
         issuer_id: str = r["issuer_id"]
@@ -193,9 +198,7 @@ async def load_inputs(
             impact_statement=r["impact_statement"],
             published_at=r["published_at"],
         )
-        statements.setdefault((statement.component_purl, statement.vulnerability_id), []).append(
-            statement
-        )
+        statements.setdefault((r["scope_base"], statement.vulnerability_id), []).append(statement)
     return statements, trust
 
 
@@ -209,39 +212,36 @@ def _trust(issuer_id: str, score: Decimal, priority: int, issuer_type: str) -> I
 
 
 _COVERED = """
-SELECT c.component_purl, c.vulnerability_id
+SELECT c.component_purl, c.vulnerability_id, c.scope_base
 FROM unnest($1::text[], $2::text[]) AS s(base, vulnerability_id)
 JOIN vex.consensus c ON c.vulnerability_id = s.vulnerability_id AND c.scope_base = s.base
 """
 
 
 def scope_base(purl: str) -> str:
-    """``pkg:type/namespace/name`` of a purl; an identifier that is not a purl is its own."""
-    scope = parse_purl(purl)
-    return purl if scope is None else scope.base
+    """``pkg:type/namespace/name`` of a canonical purl (``vex.consensus.scope_base``)."""
+    return package_of(purl)
 
 
 async def covered_pairs(conn: DbConn, statement_pairs: Iterable[Pair]) -> set[Pair]:
     """Pairs with a consensus row that statements about ``statement_pairs`` apply to.
 
-    A statement about ``pkg:npm/a`` also speaks for the stored pair ``pkg:npm/a@1.0``;
-    such pairs are found by their package (``scope_base``), then kept only when the
-    statement purl is one of the pair's :func:`scope_candidates`, the same rule the
-    loader uses. A statement with qualifiers is a candidate of its own pair only.
+    A statement about ``pkg:oci/web@d?arch=amd64`` also speaks for the stored pair
+    ``pkg:oci/web@d?arch=amd64&os=linux``; such pairs are found by their package
+    (``scope_base``, indexed with the vulnerability), then kept when one of the
+    statements :func:`~workers.vex_consensus.purls.applies` to them.
     """
-    wanted = set(statement_pairs)
-    keys: dict[Pair, None] = {}
-    for purl, vulnerability_id in wanted:
-        scope = parse_purl(purl)
-        if scope is not None and not scope.qualifiers:
-            keys[(scope.base, vulnerability_id)] = None
-    if not keys:
+    wanted: dict[PackageKey, list[PurlScope]] = {}
+    for purl, vulnerability_id in set(statement_pairs):
+        wanted.setdefault((package_of(purl), vulnerability_id), []).append(scope_of(purl))
+    if not wanted:
         return set()
-    rows = await conn.fetch(_COVERED, [b for b, _ in keys], [v for _, v in keys])
+    rows = await conn.fetch(_COVERED, [b for b, _ in wanted], [v for _, v in wanted])
     found: set[Pair] = set()
     for r in rows:
         pair: Pair = (r["component_purl"], r["vulnerability_id"])
-        if any((c, pair[1]) in wanted for c in scope_candidates(pair[0])):
+        pair_scope = scope_of(pair[0])
+        if any(applies(s, pair_scope) for s in wanted[(r["scope_base"], pair[1])]):
             found.add(pair)
     return found
 

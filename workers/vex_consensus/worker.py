@@ -9,7 +9,9 @@ deterministic ids, so a second advisory with the same content publishes nothing.
 Every pair an advisory names (affected purls x advisory id and aliases) is
 recomputed from the stored statements and trust, whatever the event type or its
 ``withdrawn`` flag: the consensus depends on VEX statements, not on the advisory, so
-events converge to the same state in any order. Results, the review queue and the
+events converge to the same state in any order. Affected purls are taken in canonical
+form; an advisory naming one the purl specification refuses is dead-lettered with the
+reason (``validate``). Results, the review queue and the
 outbox commit with the inbox rows; ``after_commit`` publishes the outbox, and the
 background task publishes whatever a crash left in it.
 """
@@ -30,6 +32,7 @@ from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
 from workers.vex_consensus import service
+from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
 
@@ -58,7 +61,7 @@ def vulnerability_ids(event: Advisory) -> list[str]:
 
 def advisory_pairs(events: Sequence[Advisory]) -> dict[Pair, Trigger]:
     """Every (purl, vulnerability) pair the advisories touch, with the first event
-    that touched it (pure): affected purls x (advisory id + aliases)."""
+    that touched it (pure): affected purls (canonical) x (advisory id + aliases)."""
     pairs: dict[Pair, Trigger] = {}
     for event in events:
         trigger = Trigger(
@@ -66,7 +69,7 @@ def advisory_pairs(events: Sequence[Advisory]) -> dict[Pair, Trigger]:
             causation_id=str(event.event_id),
             correlation_id=event.correlation_id,
         )
-        purls = dict.fromkeys(a.purl.strip() for a in event.affected if a.purl.strip())
+        purls = canonical_purls(a.purl for a in event.affected)
         for vulnerability_id in vulnerability_ids(event):
             for purl in purls:
                 pairs.setdefault((purl, vulnerability_id), trigger)
@@ -88,7 +91,7 @@ class VexConsensusWorker(Worker[Advisory, RecomputeReport]):
         pairs = len(ids) * len({a.purl for a in event.affected})
         if pairs > MAX_PAIRS_PER_ADVISORY:
             return f"advisory touches {pairs} pairs; the limit is {MAX_PAIRS_PER_ADVISORY}"
-        return None
+        return purl_problem(a.purl for a in event.affected)
 
     async def apply(self, tx: Tx, fresh: Sequence[Advisory]) -> RecomputeReport:
         triggers = advisory_pairs(fresh)
