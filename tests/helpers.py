@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from prometheus_client import REGISTRY
 
+from workers.app import migration_steps
 from workers.db import load_migrations, migrate, schema_dir
 from workers.kernel import NoInbox, PgInbox, StreamConsumer
 from workers.kernel.inbox import Inbox, apply_new
@@ -116,7 +117,7 @@ async def migrated_database(server_url: str, name: str) -> str:
     url = await empty_database(server_url, name)
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn, load_migrations(schema_dir()))
+        await migrate(conn, load_migrations(schema_dir()), steps=migration_steps())
     finally:
         await conn.close()
     return url

@@ -18,12 +18,13 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 
 from workers import streams
-from workers.db import create_pool
+from workers.db import DataStep, create_pool
 from workers.errors import ConfigError
 from workers.http import OpsServer
 from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
 from workers.kernel.worker import Resources, Worker
 from workers.settings import Settings
+from workers.vex_consensus.migration import canonicalize_stored_purls
 
 log = structlog.get_logger("workers.app")
 
@@ -36,6 +37,11 @@ WORKERS: dict[str, str] = {
     "snapshot-retention": "workers.snapshot_retention:SnapshotRetentionService",
 }
 """Worker names accepted by ``fleet run``, mapped to their implementation."""
+
+
+def migration_steps() -> dict[int, DataStep]:
+    """Migration version -> the Python step run after that migration's SQL."""
+    return {7: canonicalize_stored_purls}
 
 
 class Service(Protocol):

@@ -143,6 +143,7 @@ def migrate(
     ] = False,
 ) -> None:
     """Apply the ordered SQL migrations in schema/ (once, even when run concurrently)."""
+    from workers.app import migration_steps
     from workers.db import create_pool, load_migrations, schema_dir
     from workers.db import migrate as apply_migrations
 
@@ -158,6 +159,7 @@ def migrate(
                     migrations,
                     check_only=check,
                     on_applied=lambda m: out.print(f"applied {m.path.name}"),
+                    steps=migration_steps(),
                 )
         finally:
             await pool.close()

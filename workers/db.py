@@ -2,8 +2,9 @@
 
 Migrations are ordered ``schema/NNNN_name.sql`` files, each applied in one
 transaction and recorded in ``schema_migrations(version, description,
-applied_at, checksum)``. A migration whose data change needs Python (see
-:func:`data_steps`) runs that step after its SQL, in the same transaction. A
+applied_at, checksum)``. A migration whose data change needs Python runs that step
+(the ``steps`` the caller passes: ``workers.app.migration_steps``) after its SQL, in the
+same transaction. A
 session-level advisory lock makes concurrent ``fleet migrate`` runs apply each file
 once. A changed checksum of an applied file is refused.
 """
@@ -185,14 +186,6 @@ DataStep = Callable[["DbConn"], Awaitable[str]]
 """A migration's Python step: rewrites rows the SQL cannot; returns a summary line."""
 
 
-def data_steps() -> dict[int, DataStep]:
-    """Migration version -> the Python step run after that migration's SQL."""
-    # Imported here: the vex package imports this module.
-    from workers.vex_consensus.migration import canonicalize_stored_purls
-
-    return {7: canonicalize_stored_purls}
-
-
 def schema_dir(settings: Settings | None = None) -> Path:
     if settings is not None and settings.schema_dir:
         return Path(settings.schema_dir)
@@ -264,13 +257,14 @@ async def migrate(
     *,
     check_only: bool = False,
     on_applied: Callable[[Migration], None] | None = None,
-    steps: Mapping[int, DataStep] | None = None,
+    steps: Mapping[int, DataStep],
 ) -> MigrationPlan:
     """Apply pending migrations under an advisory lock; with ``check_only`` apply nothing.
 
-    ``steps`` (default :func:`data_steps`) are run after their migration's SQL, in the
-    same transaction."""
-    python_steps = data_steps() if steps is None else steps
+    ``steps`` (migration version -> Python step) run after their migration's SQL, in the
+    same transaction; a caller that applies this project's migrations passes
+    ``workers.app.migration_steps()``."""
+    python_steps = steps
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     # A migration may rewrite a large table: the workers' statement timeout is not for it.
     await conn.execute("SET statement_timeout = 0")

@@ -16,7 +16,7 @@ from rich.table import Table
 from contracts.base import Event
 from contracts.wire import encode_entry
 from workers import streams, workload
-from workers.app import Fleet, available_workers
+from workers.app import Fleet, available_workers, migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.embedded import embedded_stack
 from workers.errors import FleetError
@@ -93,7 +93,9 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
     pool = await create_pool(settings, max_size=1)
     try:
         async with pool.acquire() as conn:
-            plan = await migrate(conn, load_migrations(schema_dir(settings)))
+            plan = await migrate(
+                conn, load_migrations(schema_dir(settings)), steps=migration_steps()
+            )
         console.print(f"  migrations: {len(plan.pending)} applied now, {len(plan.applied)} before")
     finally:
         await pool.close()

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.helpers import drop_database, empty_database, fleet_cli
+from workers.app import migration_steps
 from workers.db import MigrationError, load_migrations, migrate, schema_dir
 
 
@@ -62,11 +63,11 @@ async def test_an_edited_applied_migration_is_refused(fresh_database: str, tmp_p
     shutil.copytree(schema_dir(), folder)
     conn = await asyncpg.connect(fresh_database)
     try:
-        await migrate(conn, load_migrations(folder))
+        await migrate(conn, load_migrations(folder), steps={})
         first = sorted(folder.glob("*.sql"))[0]
         first.write_text(first.read_text() + "\n-- edited after the fact\n")
         with pytest.raises(MigrationError, match="changed after it was applied"):
-            await migrate(conn, load_migrations(folder))
+            await migrate(conn, load_migrations(folder), steps={})
     finally:
         await conn.close()
 
@@ -163,9 +164,9 @@ async def test_stored_purls_collapse_into_canonical_pairs_recomputed_nothing_los
     before = [m for m in migrations if m.version < 7]
     conn = await asyncpg.connect(fresh_database)
     try:
-        await migrate(conn, before)
+        await migrate(conn, before, steps=migration_steps())
         await _store_rows_as_before(conn)
-        plan = await migrate(conn, migrations)
+        plan = await migrate(conn, migrations, steps=migration_steps())
         assert [m.version for m in plan.pending] == [m.version for m in migrations[len(before) :]]
 
         statements = {
@@ -225,7 +226,7 @@ async def test_stored_purls_collapse_into_canonical_pairs_recomputed_nothing_los
         (conflict,) = await conn.fetch("SELECT * FROM vex.consensus_conflicts")
         assert (conflict["component_purl"], conflict["resolution"]) == (APP, "superseded")
 
-        again = await migrate(conn, migrations)
+        again = await migrate(conn, migrations, steps=migration_steps())
         assert again.pending == []
     finally:
         await conn.close()

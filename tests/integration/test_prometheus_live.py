@@ -55,7 +55,7 @@ from tests.ops_queries import (
     substitute,
 )
 from workers import metrics, streams, workload
-from workers.app import available_workers
+from workers.app import available_workers, migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.embedded import free_port, start_postgres, start_s3, start_valkey
 from workers.settings import load_settings
@@ -408,7 +408,7 @@ async def stack(live_dir: Path) -> AsyncIterator[Stack]:
         db_url = pg_url.replace("/postgres?", "/live?")
         conn = await asyncpg.connect(db_url)
         try:
-            await migrate(conn, load_migrations(schema_dir()))
+            await migrate(conn, load_migrations(schema_dir()), steps=migration_steps())
         finally:
             await conn.close()
         env = {

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
+from workers.app import migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.embedded import start_postgres
 from workers.kernel.worker import Resources
@@ -120,7 +121,7 @@ async def bench(database_url: str, n_purls: int, n_issuers: int) -> None:
     pool = await create_pool(settings, max_size=2)
     try:
         async with pool.acquire() as conn:
-            await migrate(conn, load_migrations(schema_dir()))
+            await migrate(conn, load_migrations(schema_dir()), steps=migration_steps())
         purls = [f"pkg:npm/bench-{i:06d}@1.{i % 9}.0" for i in range(n_purls)]
         issuers = [f"https://issuer-{k}.example" for k in range(n_issuers)]
         trust = [
