@@ -9,13 +9,12 @@ entry left pending is redelivered and recognised as a duplicate.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis.exceptions as redis_exc
-import structlog
 
 from workers.errors import error_text
 from workers.kernel.held import HeldEntries
+from workers.kernel.member import Member
 from workers.kernel.stopping import Stopping
 
 REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
@@ -23,26 +22,15 @@ _ATTEMPTS = 5
 
 
 class Acker:
-    def __init__(
-        self,
-        redis: Any,
-        stream: str,
-        group: str,
-        held: HeldEntries,
-        hard_stop: Stopping,
-        log: Any,
-    ) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._group = group
+    def __init__(self, member: Member, held: HeldEntries, hard_stop: Stopping) -> None:
+        self._m = member
         self._held = held
         self._hard_stop = hard_stop
-        self._log: structlog.typing.FilteringBoundLogger = log
         self._queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
-        self.task = asyncio.create_task(self._run(), name=f"acker:{self._stream}")
+        self.task = asyncio.create_task(self._run(), name=f"acker:{self._m.stream}")
         return self.task
 
     async def submit(self, ids: list[bytes]) -> None:
@@ -83,13 +71,13 @@ class Acker:
     async def _acknowledge(self, ids: list[bytes]) -> None:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                await self._redis.xack(self._stream, self._group, *ids)
+                await self._m.redis.xack(self._m.stream, self._m.group, *ids)
                 return
             except REDIS_ERRORS as exc:
-                self._log.warning("ack.failed", error=error_text(exc), attempt=attempt)
+                self._m.log.warning("ack.failed", error=error_text(exc), attempt=attempt)
                 if await self._hard_stop.sleep(0.2 * attempt):
                     return
             except redis_exc.ResponseError as exc:
                 # Refused by the server (e.g. an ACL change): the entries stay pending.
-                self._log.error("ack.refused", error=error_text(exc))
+                self._m.log.error("ack.refused", error=error_text(exc))  # noqa: TRY400 - one line, no traceback
                 return

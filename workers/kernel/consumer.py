@@ -24,6 +24,7 @@ from workers.kernel.handling import Batch, BatchHandler
 from workers.kernel.held import HeldEntries
 from workers.kernel.housekeeping import Housekeeping
 from workers.kernel.inbox import Inbox
+from workers.kernel.member import Member
 from workers.kernel.reading import Reader
 from workers.kernel.settle import Settler
 from workers.kernel.stopping import Stopping
@@ -54,25 +55,23 @@ class StreamConsumer:
         self.hard_stop = Stopping()
         self.ready = asyncio.Event()
         self._log = log.bind(stream=self.stream, group=self.group, consumer=consumer)
+        member = Member(self.redis, self.stream, self.group, consumer, self._log)
         concurrency = settings.concurrency
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.prefetch_batches)
         self.held = HeldEntries(ack_slots=concurrency)
-        self.acker = Acker(
-            self.redis, self.stream, self.group, self.held, self.hard_stop, self._log
-        )
+        self.acker = Acker(member, self.held, self.hard_stop)
         settler = Settler(
-            self.redis, self.stream, self.group, consumer, self.held, self.acker,
-            self.hard_stop, self._log, debug=settings.log_level == "debug",
-        )  # fmt: skip
+            member, self.held, self.acker, self.hard_stop, debug=settings.log_level == "debug"
+        )
         self.handler = BatchHandler(worker, inbox, settler, self.hard_stop, self._log)
         self.reader = Reader(
-            self.redis, self.stream, self.group, consumer, self.held, self.queue, self.stopping,
+            member, self.held, self.queue, self.stopping,
             batch_size=settings.batch_size, block_ms=settings.block_ms,
-            readers=concurrency, processors=concurrency, log=self._log,
+            readers=concurrency, processors=concurrency,
         )  # fmt: skip
         self.housekeeping = Housekeeping(
-            self.redis, self.stream, self.group, consumer, idle_ms=self.idle_ms,
-            held=self.held, reader=self.reader, inbox=inbox, settings=settings, log=self._log,
+            member, idle_ms=self.idle_ms, held=self.held, reader=self.reader, inbox=inbox,
+            settings=settings,
         )  # fmt: skip
 
     def stop(self) -> None:

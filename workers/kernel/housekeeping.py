@@ -5,8 +5,6 @@ consumers, trimming, inbox expiry). Each loop waits through :class:`Stopping`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.exceptions as redis_exc
 
 from workers import metrics, streams
@@ -15,6 +13,7 @@ from workers.kernel.acker import REDIS_ERRORS
 from workers.kernel.handling import Batch
 from workers.kernel.held import HeldEntries
 from workers.kernel.inbox import Inbox
+from workers.kernel.member import Member
 from workers.kernel.reading import Reader
 from workers.kernel.stopping import Stopping
 from workers.settings import Settings
@@ -23,28 +22,20 @@ from workers.settings import Settings
 class Housekeeping:
     def __init__(
         self,
-        redis: Any,
-        stream: str,
-        group: str,
-        consumer: str,
+        member: Member,
         *,
         idle_ms: int,
         held: HeldEntries,
         reader: Reader,
         inbox: Inbox,
         settings: Settings,
-        log: Any,
     ) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._group = group
-        self._consumer = consumer
+        self._m = member
         self._idle_ms = idle_ms
         self._held = held
         self._reader = reader
         self._inbox = inbox
         self._settings = settings
-        self._log = log
 
     async def reclaim(self, stopping: Stopping) -> None:
         """``XAUTOCLAIM stream group consumer idle cursor COUNT n`` every interval: entries
@@ -53,10 +44,10 @@ class Housekeeping:
         interval = min(self._settings.reclaim_interval_seconds, self._idle_ms / 1000)
         while not await stopping.sleep(interval):
             try:
-                reply = await self._redis.xautoclaim(
-                    self._stream,
-                    self._group,
-                    self._consumer,
+                reply = await self._m.redis.xautoclaim(
+                    self._m.stream,
+                    self._m.group,
+                    self._m.name,
                     min_idle_time=self._idle_ms,
                     start_id=cursor,
                     count=self._settings.batch_size,
@@ -67,10 +58,10 @@ class Housekeeping:
                     continue
                 counts = await self._reader.delivery_counts([e[0] for e in claimed])
             except REDIS_ERRORS as exc:
-                self._log.warning("valkey.unavailable", error=error_text(exc), during="reclaim")
+                self._m.log.warning("valkey.unavailable", error=error_text(exc), during="reclaim")
                 continue
-            metrics.RECLAIMED.labels(self._stream, self._group).inc(len(claimed))
-            self._log.info("entries.reclaimed", count=len(claimed))
+            metrics.RECLAIMED.labels(self._m.stream, self._m.group).inc(len(claimed))
+            self._m.log.info("entries.reclaimed", count=len(claimed))
             await self._reader.enqueue(Batch(claimed, counts, "reclaimed"))
 
     async def heartbeat(self, stopping: Stopping) -> None:
@@ -83,36 +74,38 @@ class Housekeeping:
                 continue
             try:
                 await self._held.refresh(
-                    self._redis, self._stream, self._group, self._consumer, min_idle_ms
+                    self._m.redis, self._m.stream, self._m.group, self._m.name, min_idle_ms
                 )
             except REDIS_ERRORS as exc:
-                self._log.warning("valkey.unavailable", error=error_text(exc), during="heartbeat")
+                self._m.log.warning("valkey.unavailable", error=error_text(exc), during="heartbeat")
 
     async def maintain(self, stopping: Stopping) -> None:
         settings = self._settings
         while True:
             try:
-                await streams.refresh_gauges(self._redis, self._stream)
+                await streams.refresh_gauges(self._m.redis, self._m.stream)
                 await streams.prune_consumers(
-                    self._redis,
-                    self._stream,
-                    self._group,
+                    self._m.redis,
+                    self._m.stream,
+                    self._m.group,
                     idle_ms=int(settings.consumer_prune_idle_seconds * 1000),
-                    claim_to=self._consumer,
+                    claim_to=self._m.name,
                 )
                 await streams.trim_stream(
-                    self._redis,
-                    self._stream,
+                    self._m.redis,
+                    self._m.stream,
                     retention_days=settings.stream_retention_days,
                     max_len=settings.stream_max_len,
                 )
                 await self.expire_inbox()
             except REDIS_ERRORS as exc:
-                self._log.warning("valkey.unavailable", error=error_text(exc), during="maintenance")
+                self._m.log.warning(
+                    "valkey.unavailable", error=error_text(exc), during="maintenance"
+                )
             except redis_exc.ResponseError as exc:
-                self._log.warning("maintenance.failed", error=error_text(exc))
+                self._m.log.warning("maintenance.failed", error=error_text(exc))
             except Exception as exc:  # noqa: BLE001 - housekeeping must never stop consuming
-                self._log.warning("maintenance.failed", error=error_text(exc))
+                self._m.log.warning("maintenance.failed", error=error_text(exc))
             if await stopping.sleep(settings.maintenance_interval_seconds):
                 return
 
@@ -120,6 +113,6 @@ class Housekeeping:
         """Forget this group's events handled longer ago than the inbox retention, a
         bounded batch at a time. The retention is far beyond the stream retention, so no
         redelivery of those events can still arrive."""
-        deleted = await self._inbox.expire(self._group, self._settings.inbox_retention_days)
+        deleted = await self._inbox.expire(self._m.group, self._settings.inbox_retention_days)
         if deleted:
-            self._log.info("inbox.expired", rows=deleted)
+            self._m.log.info("inbox.expired", rows=deleted)

@@ -19,6 +19,7 @@ from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS
 from workers.kernel.handling import Batch
 from workers.kernel.held import HeldEntries
+from workers.kernel.member import Member
 from workers.kernel.stopping import Stopping
 from workers.kernel.triage import shape_reply
 
@@ -28,10 +29,7 @@ _MAX_BACKOFF = 5.0
 class Reader:
     def __init__(
         self,
-        redis: Any,
-        stream: str,
-        group: str,
-        consumer: str,
+        member: Member,
         held: HeldEntries,
         queue: asyncio.Queue[Batch | None],
         stopping: Stopping,
@@ -40,16 +38,12 @@ class Reader:
         block_ms: int,
         readers: int,
         processors: int,
-        log: Any,
     ) -> None:
-        self._redis = redis
+        self._m = member
         # Reads go through a client of the same pool whose XREADGROUP replies are shaped
         # by shape_reply (no Python call per entry).
-        self._reads: Any = aioredis.Redis(connection_pool=redis.connection_pool)
+        self._reads: Any = aioredis.Redis(connection_pool=member.redis.connection_pool)
         self._reads.set_response_callback("XREADGROUP", shape_reply)
-        self._stream = stream
-        self._group = group
-        self._consumer = consumer
         self._held = held
         self._queue = queue
         self._stopping = stopping
@@ -58,7 +52,6 @@ class Reader:
         self._readers_left = readers
         self._processors = processors
         self._drained = asyncio.Event()
-        self._log = log
 
     async def run(self, index: int) -> None:
         """Reader 0 drains this consumer's own pending list first; then every reader reads
@@ -81,13 +74,13 @@ class Reader:
         """``XPENDING stream group first last count consumer``: how often each was delivered."""
         if not ids:
             return {}
-        rows = await self._redis.xpending_range(
-            self._stream,
-            self._group,
+        rows = await self._m.redis.xpending_range(
+            self._m.stream,
+            self._m.group,
             min=ids[0],
             max=ids[-1],
             count=len(ids) + len(self._held) + 1,
-            consumername=self._consumer,
+            consumername=self._m.name,
         )
         return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
@@ -101,7 +94,7 @@ class Reader:
             try:
                 if own_left:
                     entries = await self._reads.xreadgroup(
-                        self._group, self._consumer, {self._stream: last_own},
+                        self._m.group, self._m.name, {self._m.stream: last_own},
                         count=self._batch_size,
                     )  # fmt: skip
                     if not entries:
@@ -113,24 +106,26 @@ class Reader:
                     await self.enqueue(Batch(entries, counts, "own-pending"))
                     continue
                 entries = await self._reads.xreadgroup(
-                    self._group, self._consumer, {self._stream: ">"},
+                    self._m.group, self._m.name, {self._m.stream: ">"},
                     count=self._batch_size, block=self._block_ms,
                 )  # fmt: skip
                 backoff = 0.1
             except redis_exc.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     # The stream or group was deleted under us (e.g. by an operator): recreate.
-                    await streams.ensure_group(self._redis, self._stream, self._group)
+                    await streams.ensure_group(self._m.redis, self._m.stream, self._m.group)
                     continue
                 # Refused (e.g. an ACL change): keep trying, loudly, rather than stop reading
                 # for good while the process still looks healthy.
-                self._log.error("stream.read_refused", error=error_text(exc), retry_in=backoff)
+                self._m.log.error(  # noqa: TRY400 - one line, no traceback
+                    "stream.read_refused", error=error_text(exc), retry_in=backoff
+                )
                 if await self._stopping.sleep(backoff):
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             except REDIS_ERRORS as exc:
-                self._log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
+                self._m.log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
                 if await self._stopping.sleep(backoff):
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF)

@@ -18,6 +18,7 @@ from workers import metrics, streams
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS, Acker
 from workers.kernel.held import HeldEntries
+from workers.kernel.member import Member
 from workers.kernel.stopping import Stopping
 from workers.kernel.triage import Item, Triaged, type_label
 from workers.streams import DeadLetter
@@ -27,26 +28,12 @@ _DEAD_LETTER_ATTEMPTS = 5
 
 class Settler:
     def __init__(
-        self,
-        redis: Any,
-        stream: str,
-        group: str,
-        consumer: str,
-        held: HeldEntries,
-        acker: Acker,
-        hard_stop: Stopping,
-        log: Any,
-        *,
-        debug: bool,
+        self, member: Member, held: HeldEntries, acker: Acker, hard_stop: Stopping, *, debug: bool
     ) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._group = group
-        self._consumer = consumer
+        self._m = member
         self._held = held
         self._acker = acker
         self._hard_stop = hard_stop
-        self._log = log
         # One line per event outcome only at debug: building it costs more than the event.
         self._debug = debug
         self._children: dict[tuple[str, str], Any] = {}
@@ -83,23 +70,23 @@ class Settler:
         for attempt in range(1, _DEAD_LETTER_ATTEMPTS + 1):
             try:
                 await streams.dead_letter(
-                    self._redis, self._stream, self._group, self._consumer, dead
+                    self._m.redis, self._m.stream, self._m.group, self._m.name, dead
                 )
             except REDIS_ERRORS as exc:
                 # Not dead-lettered and not acknowledged: the entry stays pending and comes
                 # back, so nothing is lost by giving up.
-                self._log.warning("dead_letter.failed", error=error_text(exc), attempt=attempt)
+                self._m.log.warning("dead_letter.failed", error=error_text(exc), attempt=attempt)
                 if await self._hard_stop.sleep(0.2 * attempt):
                     break
                 continue
             except redis_exc.ResponseError as exc:
                 # Refused by the server (e.g. an ACL without MULTI): retrying cannot help.
                 # The entries stay pending and are released for redelivery.
-                self._log.error("dead_letter.refused", error=error_text(exc))
+                self._m.log.error("dead_letter.refused", error=error_text(exc))  # noqa: TRY400 - one line, no traceback
                 break
             for letter in dead:
-                metrics.DEAD_LETTERS.labels(self._stream, self._group, letter.reason).inc()
-                self._log.warning(
+                metrics.DEAD_LETTERS.labels(self._m.stream, self._m.group, letter.reason).inc()
+                self._m.log.warning(
                     "event.dead_lettered",
                     entry_id=letter.entry_id.decode(errors="replace"),
                     type=type_label(letter.fields.get(b"type")),
@@ -110,7 +97,7 @@ class Settler:
         self._held.release([letter.entry_id for letter in dead])
 
     def observe(self, size: int, source: str, out: Triaged, elapsed: float) -> None:
-        metrics.BATCH_SIZE.labels(self._stream, self._group).observe(size)
+        metrics.BATCH_SIZE.labels(self._m.stream, self._m.group).observe(size)
         per_type: collections.Counter[str] = collections.Counter()
         for (label, outcome), n in out.counts.items():
             self._child(label, outcome).inc(n)
@@ -118,10 +105,10 @@ class Settler:
         if size:
             per_event = elapsed / size
             for label in per_type:
-                metrics.EVENT_HANDLE_SECONDS.labels(self._stream, self._group, label).observe(
+                metrics.EVENT_HANDLE_SECONDS.labels(self._m.stream, self._m.group, label).observe(
                     per_event
                 )
-        self._log.info(
+        self._m.log.info(
             "batch.handled",
             size=size,
             source=source,
@@ -131,7 +118,7 @@ class Settler:
 
     def _log_event(self, item: Item, outcome: str) -> None:
         event = item.event
-        self._log.debug(
+        self._m.log.debug(
             "event.handled",
             outcome=outcome,
             entry_id=item.entry_id.decode(),
@@ -147,6 +134,6 @@ class Settler:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metrics.EVENTS.labels(
-                self._stream, self._group, label, outcome
+                self._m.stream, self._m.group, label, outcome
             )
         return child
