@@ -25,6 +25,7 @@ from tests.helpers import fleet_cli, fleet_process, metric, poll, process_log
 from workers import s3 as s3io
 from workers.embedded import free_port, start_s3
 from workers.http import OpsServer
+from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources
 from workers.metrics import SNAPSHOT_FRESHNESS
 from workers.s3 import open_s3
@@ -948,7 +949,7 @@ async def test_freshness_gauges_are_set_at_start_and_the_service_stops_promptly(
 
     resources = Resources(settings=settings, redis=None, pool=db, s3=s3)  # type: ignore[arg-type]
     service = SnapshotRetentionService(resources)
-    stopping = asyncio.Event()
+    stopping = Stopping()
     task = asyncio.create_task(service.run(stopping))
     try:
         await poll(
