@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -18,12 +19,13 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 
 from workers import streams
-from workers.db import DataStep, create_pool
-from workers.errors import ConfigError
-from workers.http import OpsServer
+from workers.db import DataStep, create_pool, load_migrations, require_migrated, schema_dir
+from workers.errors import ConfigError, ExitCode
+from workers.http import OpsServer, bind
 from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
+from workers.kernel.lease import ConsumerLease
 from workers.kernel.worker import Resources, Worker
-from workers.settings import Settings
+from workers.settings import Settings, redact_url
 from workers.vex_consensus.migration import canonicalize_stored_purls
 
 log = structlog.get_logger("workers.app")
@@ -75,7 +77,7 @@ def resolve(names: list[str]) -> list[Any]:
         target = WORKERS.get(name)
         if target is None or name not in available_workers():
             known = ", ".join(available_workers())
-            raise ConfigError(f"unknown worker {name!r} (known: {known})")
+            raise ConfigError(f"unknown worker {name!r} (known: {known})", ExitCode.USAGE)
         module_name, attr = target.split(":")
         classes.append(getattr(importlib.import_module(module_name), attr))
     return classes
@@ -98,7 +100,8 @@ async def open_resources(settings: Settings, *, need_s3: bool) -> AsyncIterator[
                     except S3Error as exc:
                         raise ConfigError(
                             f"{exc} (snapshot-retention needs S3: set FLEET_S3_ENDPOINT_URL "
-                            "and AWS credentials, or name only the stream workers to `fleet run`)"
+                            "and AWS credentials, or name only the stream workers to `fleet run`)",
+                            ExitCode.S3,
                         ) from None
                     yield resources
             else:
@@ -120,6 +123,7 @@ class Fleet:
     stopping: Stopping = field(default_factory=Stopping)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     server: OpsServer | None = None
+    http_port: int | None = None
     failed: bool = False
 
     def stop(self) -> None:
@@ -130,6 +134,7 @@ class Fleet:
     def status(self) -> dict[str, Any]:
         return {
             "workers": self.names,
+            "http_port": self.http_port,
             "consumers": [
                 {"stream": c.stream, "group": c.group, "consumer": c.consumer}
                 for c in self.consumers
@@ -156,15 +161,50 @@ class Fleet:
         classes = resolve(self.names)
         self.names = [cls.name for cls in classes]
         need_s3 = any(getattr(cls, "uses_s3", False) for cls in classes)
-        consumer_name = self.settings.resolved_consumer_name()
-        async with open_resources(self.settings, need_s3=need_s3) as resources:
-            tasks: list[asyncio.Task[None]] = []
-            extra_routes: list[Any] = []
-            assert resources.pool is not None  # open_resources always opens the pool
-            inbox = PgInbox(resources.pool)
+        settings = self.settings
+        # The port first: taken, it is one line and an immediate exit.
+        sock = bind(settings.http_host, settings.http_port)
+        leases: list[ConsumerLease] = []
+        try:
+            async with open_resources(settings, need_s3=need_s3) as resources:
+                assert resources.pool is not None  # open_resources always opens the pool
+                async with resources.pool.acquire() as conn:
+                    await require_migrated(
+                        conn,
+                        load_migrations(schema_dir(settings)),
+                        redact_url(settings.database_url),
+                    )
+                await self._serve(resources, classes, leases, sock)
+        finally:
+            sock.close()
+
+    async def _serve(
+        self,
+        resources: Resources,
+        classes: list[Any],
+        leases: list[ConsumerLease],
+        sock: socket.socket,
+    ) -> None:
+        settings = self.settings
+        tasks: list[asyncio.Task[None]] = []
+        extra_routes: list[Any] = []
+        assert resources.pool is not None
+        inbox = PgInbox(resources.pool)
+        try:
             for cls in classes:
                 if isinstance(cls, type) and issubclass(cls, Worker):
-                    consumer = StreamConsumer(cls(resources), consumer_name, inbox)
+                    worker = cls(resources)
+                    name = settings.consumer_name
+                    if name is None:
+                        lease = ConsumerLease(
+                            resources.redis,
+                            worker.stream,
+                            worker.group,
+                            seconds=settings.consumer_lease_seconds,
+                        )
+                        leases.append(lease)
+                        name = await lease.acquire()
+                    consumer = StreamConsumer(worker, name, inbox)
                     self.consumers.append(consumer)
                     tasks.append(asyncio.create_task(consumer.run(), name=cls.name))
                 else:
@@ -172,32 +212,50 @@ class Fleet:
                     self.services.append(service)
                     extra_routes.extend(getattr(service, "routes", list)())
                     tasks.append(asyncio.create_task(service.run(self.stopping), name=cls.name))
+            # Leases are renewed through the drain, and released once it is over.
+            leases_end = Stopping()
+            keepers = [
+                asyncio.create_task(lease.keep(leases_end, log), name=f"lease:{lease.name}")
+                for lease in leases
+            ]
             tune_gc()
-            checks = _checks(resources)
             self.server = OpsServer(
-                resources, status=self.status, checks=checks, extra_routes=extra_routes
+                resources, status=self.status, checks=_checks(resources), extra_routes=extra_routes
             )
-            port = await self.server.start(self.settings.http_host, self.settings.http_port)
-            log.info("fleet.started", workers=self.names, consumer=consumer_name, http_port=port)
+            port = await self.server.start(settings.http_host, settings.http_port, sock)
+            self.http_port = port
+            log.info(
+                "fleet.started",
+                workers=self.names,
+                consumers=[c.consumer for c in self.consumers],
+                http_port=port,
+            )
             self.started.set()
             try:
                 waiter = asyncio.create_task(self.stopping.wait())
-                await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([waiter, *tasks, *keepers], return_when=asyncio.FIRST_COMPLETED)
                 if not self.stopping.is_set():
                     self.failed = True
                     self.stop()
                 waiter.cancel()
-                log.info("fleet.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
+                log.info("fleet.stopping", grace_seconds=settings.shutdown_grace_seconds)
                 results = await asyncio.gather(*tasks, return_exceptions=True)
-                for name, result in zip(self.names, results, strict=False):
+                leases_end.set()
+                results += await asyncio.gather(*keepers, return_exceptions=True)
+                for name, result in zip(
+                    [*self.names, *(k.get_name() for k in keepers)], results, strict=False
+                ):
                     if isinstance(result, BaseException):
                         self.failed = True
                         log.error("worker.failed", worker=name, error=repr(result))
             finally:
-                for task in tasks:
+                for task in [*tasks, *keepers]:
                     task.cancel()
                 await self.server.stop()
-            log.info("fleet.stopped")
+        finally:
+            for lease in leases:
+                await lease.release()
+        log.info("fleet.stopped")
 
 
 def run_event_loop(

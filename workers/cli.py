@@ -23,7 +23,7 @@ from rich.table import Table
 from contracts.registry import STREAMS, contract_for_stream
 from contracts.wire import DecodeError, decode_data, encode_event
 from workers import streams
-from workers.errors import ConfigError, FleetError
+from workers.errors import ConfigError, ExitCode, FleetError
 from workers.logs import configure_logging
 from workers.settings import Settings, load_settings
 
@@ -46,8 +46,8 @@ app.add_typer(contracts_app, name="contracts")
 out = Console()
 err = Console(stderr=True)
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_ERROR = ExitCode.FAILED
+EXIT_USAGE = ExitCode.USAGE
 
 
 class CliError(FleetError):
@@ -72,7 +72,9 @@ def run_async(
 
     try:
         return run_event_loop(factory(), event_loop)
-    except (ConfigError, CliError, FleetError) as exc:
+    except ConfigError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except (CliError, FleetError) as exc:
         raise fail(str(exc)) from None
     except (redis_exc.ConnectionError, redis_exc.TimeoutError) as exc:
         raise fail(f"Valkey: {exc}") from None
@@ -129,7 +131,7 @@ def run(
     try:
         resolve(names)
     except ConfigError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), exc.exit_code) from None
     fleet = Fleet(cfg, names)
     run_async(fleet.run, cfg.event_loop)
     if fleet.failed:
@@ -551,7 +553,7 @@ def main() -> None:
         app()
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(exc.exit_code)
 
 
 __all__ = ["CliError", "app", "fail", "main", "run_async", "settings"]

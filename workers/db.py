@@ -24,7 +24,7 @@ import asyncpg.exceptions as pgexc
 import asyncpg.pool
 import structlog
 
-from workers.errors import ConfigError, FleetError
+from workers.errors import ConfigError, ExitCode, FleetError
 from workers.settings import Settings, redact_url
 
 log = structlog.get_logger("workers.db")
@@ -148,7 +148,8 @@ async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
     ) as exc:
         raise ConfigError(
             f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
-            f"{_one_line(exc, settings.database_url)}"
+            f"{_one_line(exc, settings.database_url)}",
+            ExitCode.POSTGRES,
         ) from None
     assert pool is not None
     return pool
@@ -293,6 +294,26 @@ async def migrate(
         return plan
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def require_migrated(conn: DbConn, migrations: list[Migration], where: str) -> None:
+    """Refuse to start on a database that lacks migrations this build needs (one line,
+    :attr:`ExitCode.UNMIGRATED`). Reads only; takes no lock."""
+    if not await table_exists(conn, "public.schema_migrations"):
+        missing = [m.path.name for m in migrations]
+    else:
+        try:
+            plan = await _plan(conn, migrations)
+        except MigrationError as exc:
+            raise ConfigError(f"the database at {where}: {exc}", ExitCode.UNMIGRATED) from None
+        missing = [m.path.name for m in plan.pending]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
+        raise ConfigError(
+            f"the database at {where} is not migrated ({len(missing)} pending: {shown}); "
+            "run `fleet migrate` first",
+            ExitCode.UNMIGRATED,
+        )
 
 
 async def table_exists(conn: DbConn, qualified: str) -> bool:

@@ -3,10 +3,36 @@
 - :class:`Permanent`: the event can never succeed; dead-letter it now with ``reason``.
 - :class:`Retryable`: leave the entry pending; it is redelivered until ``max_deliveries``.
 - Anything unexpected is treated as retryable.
-- :class:`ConfigError`: bad configuration; the process stops with one line.
+- :class:`ConfigError`: the process cannot start (bad configuration, a server it cannot
+  reach, an unmigrated database, a taken port); it stops with one line and the
+  :class:`ExitCode` the error names.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of ``fleet``, one per kind of start-up failure (README lists them)."""
+
+    OK = 0
+    FAILED = 1
+    """A check failed, or a worker stopped on an error while running."""
+    USAGE = 2
+    """Bad command-line arguments (unknown worker, stream, option value, missing file)."""
+    CONFIG = 3
+    """An invalid ``FLEET_*`` setting."""
+    VALKEY = 4
+    """Valkey unreachable, or it refused the credentials or a command at start-up."""
+    POSTGRES = 5
+    """PostgreSQL unreachable, or it refused the connection."""
+    UNMIGRATED = 6
+    """The database lacks migrations this build needs: run ``fleet migrate``."""
+    HTTP_PORT = 7
+    """The ops HTTP port (``FLEET_HTTP_PORT``) cannot be bound."""
+    S3 = 8
+    """The S3 store is unreachable or refused the credentials."""
 
 
 class FleetError(Exception):
@@ -14,7 +40,12 @@ class FleetError(Exception):
 
 
 class ConfigError(FleetError):
-    """Invalid configuration; the message names the variable or argument."""
+    """The process cannot start: the message names the variable, argument or server, and
+    ``exit_code`` says which kind of failure it is."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Permanent(FleetError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import workers
+from workers.errors import ConfigError, ExitCode
 from workers.kernel.worker import Resources
 
 Check = Callable[[], Awaitable[None]]
@@ -40,6 +42,27 @@ def _commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the ops HTTP port before anything else starts, so a taken port is one line
+    and an immediate exit (:attr:`ExitCode.HTTP_PORT`), not a failure after start-up.
+    Port 0 lets the kernel choose a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot serve HTTP on {host}:{port} (FLEET_HTTP_PORT={port}): {exc.strerror or exc}; "
+            "choose another FLEET_HTTP_PORT, or 0 for any free port",
+            ExitCode.HTTP_PORT,
+        ) from None
+    sock.setblocking(False)
+    return sock
 
 
 class OpsServer:
@@ -68,10 +91,16 @@ class OpsServer:
         self.port: int | None = None
         self.commit = _commit()
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Serve on ``sock`` (bound beforehand with :func:`bind`) or on ``host:port``;
+        returns the port (the one the kernel chose for port 0)."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(self._runner, sock)
+        else:
+            site = web.TCPSite(self._runner, host, port)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only through the server
         sockets = getattr(server, "sockets", None) or []

@@ -35,7 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     api_token: str | None = None
 
+    # Unset: each group's consumer is named after the lowest free leased slot
+    # (<group>-0, <group>-1, …; see workers/kernel/lease.py).
     consumer_name: str | None = None
+    consumer_lease_seconds: PositiveFloat = 10.0
     batch_size: Positive = 500
     block_ms: Positive = 2000
     prefetch_batches: Positive = 2

@@ -17,7 +17,7 @@ import redis.asyncio.connection as aioconnection
 import redis.exceptions as redis_exc
 
 from workers import metrics
-from workers.errors import ConfigError
+from workers.errors import ConfigError, ExitCode
 from workers.settings import Settings, redact_url
 
 DLQ_PREFIX = "dlq."
@@ -93,14 +93,17 @@ async def ping(client: aioredis.Redis, settings: Settings) -> None:
     except redis_exc.AuthenticationError as exc:
         # Before ConnectionError: AuthenticationError is one of its subclasses.
         raise ConfigError(
-            f"Valkey at {redact_url(settings.valkey_url)} refused the credentials: {exc}"
+            f"Valkey at {redact_url(settings.valkey_url)} refused the credentials: {exc}",
+            ExitCode.VALKEY,
         ) from None
     except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
         raise ConfigError(
-            f"cannot reach Valkey at {redact_url(settings.valkey_url)}: {exc}"
+            f"cannot reach Valkey at {redact_url(settings.valkey_url)}: {exc}", ExitCode.VALKEY
         ) from None
     except redis_exc.RedisError as exc:  # e.g. a bad ssl_* URL parameter, or a refused command
-        raise ConfigError(f"Valkey at {redact_url(settings.valkey_url)}: {exc}") from None
+        raise ConfigError(
+            f"Valkey at {redact_url(settings.valkey_url)}: {exc}", ExitCode.VALKEY
+        ) from None
 
 
 async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> bool:

@@ -225,16 +225,29 @@ def image_is_pinned(image: str) -> bool:
     return tag != "latest" and re.search(r"\d", tag) is not None
 
 
-def acl_users() -> dict[str, list[str]]:
-    users: dict[str, list[str]] = {}
+def _acl_lines() -> list[tuple[list[str], list[list[str]]]]:
+    """Each user line as (root rules, selectors); a selector is ``(rules…)``."""
+    parsed = []
     for line in ACL_FILE.read_text(encoding="utf-8").splitlines():
-        words = line.split()
-        if not words:
-            continue
-        assert words[0] == "user" and len(words) >= 3, f"bad ACL line: {line!r}"
+        selectors = [group.split() for group in re.findall(r"\(([^()]*)\)", line)]
+        words = re.sub(r"\([^()]*\)", " ", line).split()
+        if words:
+            parsed.append((words, selectors))
+    return parsed
+
+
+def acl_users() -> dict[str, list[str]]:
+    """Each user's root rules (selectors apart: see :func:`acl_selectors`)."""
+    users: dict[str, list[str]] = {}
+    for words, _ in _acl_lines():
+        assert words[0] == "user" and len(words) >= 3, f"bad ACL line: {words!r}"
         assert words[1] not in users, f"user {words[1]} defined twice"
         users[words[1]] = words[2:]
     return users
+
+
+def acl_selectors() -> dict[str, list[list[str]]]:
+    return {words[1]: selectors for words, selectors in _acl_lines()}
 
 
 def acl_commands(rules: list[str]) -> set[str]:
@@ -590,6 +603,23 @@ def test_acl_never_grants_everything_or_dangerous_commands() -> None:
         assert categories <= {"+@stream"}, f"{user} is granted {categories}"
         granted = acl_commands(rules)
         assert not {c.split("|")[0] for c in granted} & NEVER_GRANTED, f"{user}: {granted}"
+
+
+# A stream worker leases its consumer name (workers/kernel/lease.py): these commands, on
+# its lease keys only (a selector), so it cannot delete or overwrite its streams.
+LEASE_COMMANDS = {"set", "get", "pexpire", "del", "watch", "unwatch"}
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_acl_worker_leases_names_only_on_its_lease_keys(worker: str) -> None:
+    selectors = acl_selectors()[worker]
+    if worker == "snapshot-retention":
+        assert selectors == []
+        return
+    stream = next(s for name, (s, _) in STREAM_WORKERS.items() if name == worker)
+    (selector,) = selectors
+    assert acl_keys(selector) == {f"{stream}:lease:*"}
+    assert acl_commands(selector) == LEASE_COMMANDS
 
 
 @pytest.mark.parametrize("worker", WORKERS)
