@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ from tests.helpers import fleet_process, migrated_database, process_log
 from workers import streams, workload
 from workers.app import available_workers
 from workers.embedded import free_port, start_postgres, start_valkey
+from workers.kernel.lease import lease_key
 
 EVENTS = int(os.environ.get("FLEET_CHAOS_EVENTS", "6000"))
 SECONDS = float(os.environ.get("FLEET_CHAOS_SECONDS", "20"))
@@ -127,6 +127,12 @@ async def _consumed(client: aioredis.Redis, parts: list[Part]) -> bool:
     return True
 
 
+async def _lease_holders(client: aioredis.Redis, stream: str, group: str) -> set[int]:
+    """Pids of the processes holding a consumer-name lease of ``group``."""
+    tokens = [await client.get(lease_key(stream, f"{group}-{n}")) for n in range(PER_GROUP * 3)]
+    return {int(t.split(b"/")[1]) for t in tokens if t}
+
+
 async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
     rng = random.Random(int(os.environ.get("FLEET_CHAOS_SEED", "7")))
     parts = [p for p in (_notify_part(EVENTS), _scan_part(EVENTS), _vex_part(EVENTS)) if p]
@@ -169,9 +175,9 @@ async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
         figures["poison"] = sum(len(p.poison) for p in parts)
 
         async def producer() -> None:
-            # Publish over roughly the first half of the run so kills land mid-stream.
-            chunk = max(100, len(entries) // 40)
-            pause = (SECONDS / 2) / max(1, len(entries) // chunk)
+            # Publish over the whole kill window so kills land mid-batch, not on idle workers.
+            chunk = max(100, len(entries) // 80)
+            pause = (SECONDS * 0.9) / max(1, len(entries) // chunk)
             sent = 0
             while sent < len(entries):
                 try:
@@ -223,8 +229,7 @@ async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
         deadline = time.monotonic() + 60
         for (worker, _), proc in procs.items():
             stream, group = group_of[worker]
-            name = f"{socket.gethostname()}-{proc.pid}".encode()
-            while name not in {c["name"] for c in await client.xinfo_consumers(stream, group)}:
+            while proc.pid not in await _lease_holders(client, stream, group):
                 assert time.monotonic() < deadline, f"{worker} pid {proc.pid} never started"
                 await asyncio.sleep(0.1)
         for proc in procs.values():
