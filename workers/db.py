@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import asyncpg.exceptions as pgexc
 import asyncpg.pool
 import structlog
 
+from workers import metrics, netio
 from workers.errors import ConfigError, ExitCode, FleetError
 from workers.settings import Settings, redact_url
 
@@ -81,8 +82,10 @@ def classify(exc: BaseException) -> Failure:
             return Failure.REJECTED
         return Failure.OTHER
     if isinstance(exc, TimeoutError):
-        # The driver's own command timeout: the server is there but slow.
-        return Failure.CONTENTION
+        # The driver's own timeout, a moment past the server's statement timeout: the
+        # server did not even report its timeout, so the connection is silent (a
+        # partition, a peer that vanished) and is not to be trusted again.
+        return Failure.OUTAGE
     if isinstance(
         exc,
         (
@@ -110,6 +113,27 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def _pool_init(max_size: int) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    """A pool's ``init``: keepalive and the user timeout on each new connection (see
+    :mod:`workers.netio`), and every connection opened beyond the pool's size counted as
+    one that replaced a lost or silent connection (idle connections are not recycled, so
+    nothing else opens one)."""
+    opened = 0
+
+    async def init(conn: asyncpg.Connection) -> None:
+        nonlocal opened
+        opened += 1
+        transport = getattr(conn, "_transport", None)  # asyncpg keeps its transport private
+        if transport is not None:
+            netio.tune(transport.get_extra_info("socket"))
+        if opened > max_size:
+            metrics.CONNECTION_REPLACED.labels("postgres").inc()
+            log.warning("postgres.connection_replaced")
+        await _init_connection(conn)
+
+    return init
+
+
 def _json_dumps(value: Any) -> str:
     import msgspec
 
@@ -126,17 +150,18 @@ async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
     """Open a pool or fail with one line naming the database (password redacted).
 
     Every statement on it is bounded by ``FLEET_DB_STATEMENT_TIMEOUT_MS`` on the server
-    (``statement_timeout``, SQLSTATE 57014 when hit), and by the driver a little later
-    in case the server cannot even answer."""
+    (``statement_timeout``, SQLSTATE 57014 when hit), and by the driver a second later:
+    a connection that has not answered by then is silent, and is replaced."""
     timeout_ms = settings.db_statement_timeout_ms
     try:
         pool = await asyncpg.create_pool(
             settings.database_url,
             min_size=1,
             max_size=max_size,
-            init=_init_connection,
+            init=_pool_init(max_size),
+            max_inactive_connection_lifetime=0,
             timeout=10,
-            command_timeout=timeout_ms / 1000 + 10,
+            command_timeout=timeout_ms / 1000 + 1,
             server_settings={"statement_timeout": str(timeout_ms)},
         )
     except (

@@ -57,6 +57,11 @@ TRIMMED_UNCONSUMED = Counter(
     "Entries removed by the hard length cap before every group had consumed them.",
     ["stream"],
 )
+CONNECTION_REPLACED = Counter(
+    "fleet_connection_replaced_total",
+    "Connections to a server that were lost or went silent and were opened anew.",
+    ["server"],
+)
 AFTER_COMMIT_FAILURES = Counter(
     "fleet_after_commit_failures_total",
     "Batches whose after-commit step (publishing, metrics) failed; never applied again.",

@@ -15,10 +15,13 @@ import hiredis
 import redis.asyncio as aioredis
 import redis.asyncio.connection as aioconnection
 import redis.exceptions as redis_exc
+import structlog
 
-from workers import metrics
+from workers import metrics, netio
 from workers.errors import ConfigError, ExitCode
 from workers.settings import Settings, redact_url
+
+log = structlog.get_logger("workers.streams")
 
 DLQ_PREFIX = "dlq."
 _DAY_MS = 86_400_000
@@ -31,7 +34,19 @@ def dlq_name(stream: str) -> str:
 class _HiredisPacking:
     """Packs commands with hiredis, in C. redis-py's asyncio connections pack in Python,
     one argument at a time (its sync client uses hiredis when installed): an ``XACK`` of
-    a whole batch's ids cost about a microsecond per id that way."""
+    a whole batch's ids cost about a microsecond per id that way.
+
+    Also counts a connection opened again after it was lost or went silent
+    (``fleet_connection_replaced_total{server="valkey"}``)."""
+
+    _fleet_connected = False
+
+    async def on_connect(self) -> None:
+        await super().on_connect()  # type: ignore[misc]  # the connection class it is mixed into
+        if self._fleet_connected:
+            metrics.CONNECTION_REPLACED.labels("valkey").inc()
+            log.warning("valkey.connection_replaced")
+        self._fleet_connected = True
 
     def pack_command(self, *args: Any) -> list[bytes]:
         head = args[0]
@@ -70,13 +85,18 @@ def connect(settings: Settings) -> aioredis.Redis:
         url = "redis://" + url[len("valkey://") :]
     elif url.startswith("valkeys://"):
         url = "rediss://" + url[len("valkeys://") :]
+    # A reply must come within the longest block plus a margin: a connection silent for
+    # longer is dropped and opened anew (see workers.netio for TCP connections).
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": 5,
+        "socket_timeout": settings.block_ms / 1000 + 5,
+        "health_check_interval": 10,
+    }
+    if url.startswith(("redis://", "rediss://")):
+        timeouts |= {"socket_keepalive": True, "socket_keepalive_options": netio.tcp_options()}
     try:
         client = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            client_name="streamfleet",
+            url, decode_responses=False, client_name="streamfleet", **timeouts
         )
     except ValueError as exc:
         raise ConfigError(f"invalid FLEET_VALKEY_URL={redact_url(url)!r}: {exc}") from None

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "workers.logs",
             "workers.s3",
             "workers.http",
+            "workers.netio",
             "workers",  # the package itself: `from workers import metrics` names a module
         ),
     ),

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from contracts import Event
-from workers.db import DbConn
+from workers.db import DbConn, Failure, classify
 
 E = TypeVar("E", bound=Event)
 R = TypeVar("R")
@@ -206,8 +206,14 @@ class PgInbox:
             tx = _PgTx(conn, group, ids)
             try:
                 yield tx
-            except BaseException:
-                await tx.finish(failed=True)
+            except BaseException as exc:
+                if isinstance(exc, Exception) and classify(exc) is Failure.OUTAGE:
+                    # Lost, or silent past the statement timeout: nothing said on this
+                    # connection can be trusted to arrive. Closed at once (the server rolls
+                    # back), so the pool opens a new one instead of waiting on this one.
+                    conn.terminate()
+                else:
+                    await tx.finish(failed=True)
                 raise
             await tx.finish(failed=False)
 
