@@ -19,7 +19,7 @@ import structlog
 
 from workers import streams
 from workers.errors import error_text
-from workers.kernel.acker import Acker
+from workers.kernel.acker import REDIS_ERRORS, Acker
 from workers.kernel.handling import Batch, BatchHandler
 from workers.kernel.held import HeldEntries
 from workers.kernel.housekeeping import Housekeeping
@@ -79,8 +79,18 @@ class StreamConsumer:
 
     async def run(self) -> None:
         """Create the group if needed, then consume until stopped."""
-        await streams.ensure_group(self.redis, self.stream, self.group)
-        await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
+        backoff = 0.1
+        while True:
+            try:
+                await streams.ensure_group(self.redis, self.stream, self.group)
+                await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
+                break
+            except REDIS_ERRORS as exc:
+                # A connection lost while starting: the same wait as any other read.
+                self._log.warning("valkey.unavailable", error=error_text(exc), during="start")
+                if await self.stopping.sleep(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
         self._log.info("consumer.started", idle_ms=self.idle_ms)
         concurrency = self.settings.concurrency
         readers = [

@@ -19,6 +19,7 @@ its lease gone stops, so that it restarts under a name of its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -106,9 +107,20 @@ class ConsumerLease:
     def renew_every(self) -> float:
         return self._ms / 3000
 
-    async def acquire(self) -> str:
+    async def acquire(self, attempts: int = 8) -> str:
         """``SET <stream>:lease:<group>-<n> holder NX PX ms`` for n = 0, 1, … until one is
-        free or was held by a dead process of this host; the consumer name."""
+        free or was held by a dead process of this host; the consumer name. A connection
+        lost meanwhile is retried (``attempts`` times, backing off to about 30 s in all)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._acquire()
+            except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError):
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(min(0.25 * 2**attempt, 8.0))  # backoff before retrying
+        raise AssertionError("unreachable")
+
+    async def _acquire(self) -> str:
         token = self._holder.token
         try:
             for slot in range(MAX_SLOTS):
