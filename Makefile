@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench chaos contracts clean
+.PHONY: demo test lint typecheck unit bench chaos soak contracts clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider
+
+# Not part of `make test`: a million events, a consumer restarted every minute, memory sampled.
+soak: $(STAMP)
+	FLEET_SOAK_EVENTS=1000000 $(BIN)/python -m pytest tests/faults/test_soak.py -s -p no:cacheprovider -o timeout=1800
 
 contracts: $(STAMP)
 	$(BIN)/fleet contracts export

@@ -257,12 +257,20 @@ async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
         for p in parts:
             pending += int((await client.xpending(p.stream, p.group))["pending"])
         dead_letters: dict[str, list[bytes]] = {}
+        unexpected: list[tuple[bytes, bytes, bytes]] = []
         for p in parts:
             rows = await client.xrange(f"{p.stream}:dlq")
             dead_letters[p.stream] = sorted(f.get(b"data", b"") for _, f in rows)
+            unexpected += [
+                (f[b"dlq.reason"], f[b"dlq.deliveries"], f[b"dlq.error"][:300])
+                for _, f in rows
+                if f.get(b"data", b"") not in p.poison
+            ]
         figures.update(lost=lost, duplicated=duplicated, pending=pending)
         figures["dead_lettered"] = sum(len(v) for v in dead_letters.values())
         print("\nchaos figures:", figures)
+        if unexpected:
+            print("unexpected dead letters (reason, deliveries, error):", unexpected)
         assert lost == 0
         assert duplicated == 0
         assert pending == 0
