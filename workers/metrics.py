@@ -62,6 +62,8 @@ CONNECTION_REPLACED = Counter(
     "Connections to a server that were lost or went silent and were opened anew.",
     ["server"],
 )
+for _server in ("valkey", "postgres"):
+    CONNECTION_REPLACED.labels(_server)  # exported at 0 from the start, for rate()
 AFTER_COMMIT_FAILURES = Counter(
     "fleet_after_commit_failures_total",
     "Batches whose after-commit step (publishing, metrics) failed; never applied again.",

@@ -53,6 +53,7 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_reclaimed_total": "counter",
     "fleet_stream_trimmed_unconsumed_total": "counter",
     "fleet_after_commit_failures_total": "counter",  # §8, worker statements
+    "fleet_connection_replaced_total": "counter",  # §8, connections
     "fleet_scan_tte_seconds": "histogram",
     "fleet_scan_phase_duration_seconds": "histogram",
     "fleet_scans_total": "counter",
