@@ -134,9 +134,7 @@ SELECT
 """)
 
 # A stored scan shows on whichever of its keys the statement reaches first.
-_SCAN_KEYS: Final = frozenset(
-    {"scan_metrics_pkey", "scan_metrics_scan_id_key", "uq_execution_phases_metrics_order"}
-)
+_SCAN_KEYS: Final = frozenset({"scan_metrics_pkey", "scan_metrics_scan_id_key"})
 
 
 # The stored outcome loses to the proposed one (rows.outcome_key, compared in SQL).
@@ -177,10 +175,9 @@ def _assignment() -> str:
 # Any order, any redelivery: upserts ``scanner.scan_metrics`` keyed by ``scan_id`` and,
 # for the scans whose outcome this statement decided (``won``: the stored
 # outcome_event_id is now the batch's), makes their phases exactly the winning event's:
-# a row this statement inserted (xmax = 0) has none yet, a plain insert; otherwise the
-# orders the winner does not have are deleted and the others upserted. Phase rows need no
-# ORDER BY: the scan row's lock, taken above in scan_id order, already serializes writers
-# of a scan.
+# the stored ones are deleted (a row this statement inserted, xmax = 0, has none) and the
+# winner's inserted. Phase rows need no ORDER BY or key of their own: the scan row's lock,
+# taken above in scan_id order, already serializes the writers of a scan's phases.
 UPSERT: Final = compose(f"""
 x AS (
     SELECT *, ordinality::int AS position
@@ -199,34 +196,18 @@ won AS (
     FROM x JOIN m ON m.metrics_id = x.metrics_id AND m.outcome_event_id = x.outcome_event_id
 ),
 p AS (
-    SELECT won.metrics_id, won.inserted, p.*
+    SELECT won.metrics_id, p.*
     FROM {_PHASES_FROM}
     JOIN won ON won.position = p.owner
 ),
 gone AS (
     DELETE FROM scanner.execution_phases e
     USING won
-    WHERE NOT won.inserted
-      AND e.metrics_id = won.metrics_id
-      AND NOT EXISTS (
-          SELECT FROM p WHERE p.metrics_id = e.metrics_id AND p."order" = e.phase_order
-      )
+    WHERE NOT won.inserted AND e.metrics_id = won.metrics_id
 ),
-fresh AS (
+ph AS (
     INSERT INTO scanner.execution_phases ({_PHASE_COLUMNS})
-    SELECT {_phase_values("p.metrics_id")} FROM p WHERE p.inserted
-),
-kept AS (
-    INSERT INTO scanner.execution_phases AS e ({_PHASE_COLUMNS})
-    SELECT {_phase_values("p.metrics_id")} FROM p WHERE NOT p.inserted
-    ON CONFLICT (metrics_id, phase_order) DO UPDATE SET
-        phase_name = EXCLUDED.phase_name,
-        started_at = EXCLUDED.started_at,
-        finished_at = EXCLUDED.finished_at,
-        success = EXCLUDED.success,
-        error_code = EXCLUDED.error_code,
-        error_message = EXCLUDED.error_message,
-        phase_metrics = EXCLUDED.phase_metrics
+    SELECT {_phase_values("p.metrics_id")} FROM p
 )
 SELECT
 """)
