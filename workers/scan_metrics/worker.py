@@ -2,13 +2,17 @@
 
 Stream in: ``scanner:events`` (``scan.submitted``, ``scan.completed``, ``scan.failed``),
 group ``scan-metrics``. The kernel hands over the events the group has not seen; they are
-merged in Python to one row per scan (``rows.py``) and sent as JSON text parameters: the
-rows without their phases, the phases flat, and each phase's owner. One statement, the
-inbox insert composed in front (``workers.kernel.inbox``), upserts
-``scanner.scan_metrics`` keyed by ``scan_id`` and, for the scans whose outcome this
-batch decided, replaces their ``scanner.execution_phases`` keyed by
-``(metrics_id, phase_order)``. The ``ON CONFLICT`` conditions repeat the precedence
-rules of ``rows.py`` against the stored row, so the result is the same in any order.
+merged in Python to one row per scan (``rows.py``) and sent as one array per column:
+the rows, then their phases flat with each phase's row position. One statement, the inbox
+insert composed in front (``workers.kernel.inbox``), writes them:
+
+- ``INSERT``: scans never seen before, plain inserts into ``scanner.scan_metrics`` and
+  ``scanner.execution_phases`` (no conflict check);
+- ``UPSERT``, when a scan of the batch is already stored (that statement fails on the
+  scan's key with nothing written): ``scanner.scan_metrics`` upserted keyed by ``scan_id``
+  and, for the scans whose outcome this batch decided, their phases replaced by the
+  winning event's. The ``ON CONFLICT`` conditions repeat the precedence rules of
+  ``rows.py`` against the stored row, so the result is the same in any order.
 """
 
 from __future__ import annotations
