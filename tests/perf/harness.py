@@ -45,7 +45,7 @@ from workers.db import create_pool
 from workers.demo import publish
 from workers.embedded import start_postgres, start_valkey
 from workers.kernel import NoInbox, PgInbox, StreamConsumer, Tx, tune_gc
-from workers.kernel.inbox import Inbox
+from workers.kernel.inbox import Inbox, Statement
 from workers.kernel.worker import Resources, Worker
 from workers.settings import Settings, load_settings
 
@@ -135,6 +135,51 @@ async def through_runtime(worker: Worker[Any, Any], client: Any, total: int, inb
     return total / elapsed
 
 
+class _Recorder:
+    """A :class:`Tx` that keeps the statement ``apply`` sends instead of sending it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def execute(self, statement: Statement, *params: Any) -> None:
+        self.sent.append((statement.sql, params))
+
+    async def connection(self) -> Any:
+        raise RuntimeError("the ceiling replays composed statements only")
+
+
+async def _ceiling(
+    settings: Settings, make: MakeWorker, group: str, events: Sequence[Event]
+) -> float:
+    """PostgreSQL alone: the statements ``make``'s worker sends for ``events`` (cut into
+    batches as the stream would hand them over), prepared in advance, then sent on
+    ``concurrency`` connections of a pool sized as the runtime's, with no worker and no
+    Valkey in the way: events/s."""
+    pool = await create_pool(settings, max_size=settings.concurrency + 2)
+    try:
+        worker = make(Resources(settings=settings, redis=None, pool=pool), group)  # type: ignore[arg-type]  # apply touches neither
+        batches: list[tuple[str, list[Any], tuple[Any, ...]]] = []
+        size = settings.batch_size
+        for start in range(0, len(events), size):
+            batch = list(events[start : start + size])
+            recorder = _Recorder()
+            await worker.apply(recorder, batch)
+            ids = [e.event_id for e in batch]
+            batches.extend((sql, ids, params) for sql, params in recorder.sent)
+        queue = iter(batches)
+
+        async def send() -> None:
+            async with pool.acquire() as conn:
+                for sql, ids, params in queue:
+                    await conn.execute(sql, group, ids, *params)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(send() for _ in range(settings.concurrency)))
+        return len(events) / (time.perf_counter() - started)
+    finally:
+        await pool.close()
+
+
 MakeWorker = Callable[[Resources, str], Worker[Any, Any]]
 """Builds a contender from the process's resources and its consumer group's name."""
 
@@ -185,10 +230,15 @@ def run_round(
     stream: str,
     make_events: Callable[[], Sequence[Event]],
     contenders: dict[str, MakeWorker],
+    ceiling: tuple[MakeWorker, Callable[[], Sequence[Event]]] | None = None,
 ) -> dict[str, float]:
     """Publish fresh events on a fresh ``stream``, then read them all through the baseline
     (a), the baseline in a tuned process (a') and each contender, one group each. The
-    events are dropped before anything is measured: no contender carries them."""
+    events are dropped before anything is measured: no contender carries them.
+
+    ``ceiling``, a worker and events of their own (unseen by the contenders' tables):
+    figure ``ceiling`` is PostgreSQL alone running the statements that worker sends for
+    them (:func:`_ceiling`), measured last."""
     events = make_events()
     total = len(events)
     untuned_process()
@@ -203,17 +253,26 @@ def run_round(
     )
     for name, make in contenders.items():
         figures[name] = run_event_loop(_runtime(settings, make, f"{name}-{index}", total), loop)
+    if ceiling is not None:
+        make, events_of_its_own = ceiling
+        figures["ceiling"] = run_event_loop(
+            _ceiling(settings, make, f"ceiling-{index}", events_of_its_own()), loop
+        )
     return figures
 
 
 def rounds(count: int, measure: Callable[[int], dict[str, float]]) -> dict[str, list[float]]:
     """Run ``count`` rounds, printing each, and return every figure and every ratio to
-    the baselines computed within its round: ``x/a`` and ``x/tuned`` (to a')."""
+    the baselines computed within its round: ``x/a`` and ``x/tuned`` (to a'), and
+    ``c/ceiling`` when the round measured a ceiling."""
     figures: dict[str, list[float]] = {}
     for index in range(count):
         result = measure(index)
         line = "  ".join(f"({k}) {v:>9,.0f}/s" for k, v in result.items())
         ratios = "  ".join(f"{k}/a {v / result['a']:.2f}" for k, v in result.items() if k != "a")
+        if "ceiling" in result:
+            ratios += f"  c/ceiling {result['c'] / result['ceiling']:.2f}"
+            figures.setdefault("c/ceiling", []).append(result["c"] / result["ceiling"])
         print(f"round {index + 1}: {line}   {ratios}", flush=True)
         for key, value in result.items():
             figures.setdefault(key, []).append(value)
@@ -231,14 +290,26 @@ def report(
     count = len(figures["a"])
     print(f"medians over {count} rounds:")
     for key, label in labels.items():
-        print(f"({key}) {label:<36}: {statistics.median(figures[key]):>10,.0f} events/s")
+        values = figures[key]
+        print(
+            f"({key}) {label:<36}: {statistics.median(values):>10,.0f} events/s"
+            f"   (range {min(values):,.0f}-{max(values):,.0f})"
+        )
     for key in labels:
-        if key in ("a", "a'"):
+        if key in ("a", "a'", "ceiling"):
             continue
         target = f"   (target {targets[key]})" if key in targets else ""
         print(
             f"ratio {key}/a = {statistics.median(figures[f'{key}/a']):.2f}{target}   "
-            f"{key}/a' = {statistics.median(figures[f'{key}/tuned']):.2f}"
+            f"{key}/a' = {statistics.median(figures[f'{key}/tuned']):.2f}   "
+            f"(range {min(figures[f'{key}/a']):.2f}-{max(figures[f'{key}/a']):.2f})"
+        )
+    if "c/ceiling" in figures:
+        share = figures["c/ceiling"]
+        target = f"   (target {targets['ceiling']})" if "ceiling" in targets else ""
+        print(
+            f"ratio c/ceiling = {statistics.median(share):.2f}{target}   "
+            f"(range {min(share):.2f}-{max(share):.2f})"
         )
 
 
@@ -250,10 +321,13 @@ def compare_worker(
     *,
     label: str,
     targets: dict[str, str],
+    ceiling_events_for: Callable[[int], Sequence[Event]] | None = None,
 ) -> None:
     """``count`` rounds of the baselines, (b) the runtime with a no-op handler for
     ``worker``'s event types and (c) ``worker`` itself, on ``events_for(round)``; then
-    the report."""
+    the report. With ``ceiling_events_for`` (events like the round's, of other scans or
+    deliveries), each round also measures PostgreSQL alone running the statements (c)'s
+    worker sends for them, and reports (c) as a fraction of that ceiling."""
     noop = noop_worker(worker.stream)
     contenders: dict[str, MakeWorker] = {
         "b": lambda resources, group: noop(resources, group=group),
@@ -261,15 +335,19 @@ def compare_worker(
     }
 
     def measure(index: int) -> dict[str, float]:
-        return run_round(index, settings, worker.stream, lambda: events_for(index), contenders)
+        ceiling = None
+        if ceiling_events_for is not None:
+            ceiling = (contenders["c"], lambda: ceiling_events_for(index))
+        return run_round(
+            index, settings, worker.stream, lambda: events_for(index), contenders, ceiling
+        )
 
-    report(
-        rounds(count, measure),
-        {
-            "a": "bare XREADGROUP+decode+XACK loop",
-            "a'": "the same loop, process set up",
-            "b": "runtime, no-op handler",
-            "c": label,
-        },
-        targets,
-    )
+    labels = {
+        "a": "bare XREADGROUP+decode+XACK loop",
+        "a'": "the same loop, process set up",
+        "b": "runtime, no-op handler",
+        "c": label,
+    }
+    if ceiling_events_for is not None:
+        labels["ceiling"] = "PostgreSQL alone, (c)'s statements"
+    report(rounds(count, measure), labels, targets)

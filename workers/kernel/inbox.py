@@ -81,7 +81,8 @@ class Tx(Protocol):
     """A batch's transaction, as ``apply`` sees it."""
 
     async def execute(self, statement: Statement, *params: Any) -> None:
-        """Run the batch's one composed statement."""
+        """Run the batch's one composed statement. A statement that failed wrote nothing
+        (not even the inbox rows); ``apply`` may catch its error and send another."""
 
     async def connection(self) -> DbConn:
         """The open transaction, inbox rows already recorded."""
@@ -155,13 +156,15 @@ class _PgTx:
     async def execute(self, statement: Statement, *params: Any) -> None:
         if self.used:
             raise RuntimeError("a composed statement must be the batch's only statement")
-        self.used = True
         try:
             await self._conn.execute(statement.sql, self._group, self._ids, *params)
         except asyncpg.UniqueViolationError as exc:
             if _is_inbox_key(exc):
                 raise Redelivered from None
             raise
+        # Only a statement that succeeded counts: one that failed ran alone and wrote
+        # nothing, so the worker may send another in its place.
+        self.used = True
 
     async def connection(self) -> DbConn:
         if self._tx is None:

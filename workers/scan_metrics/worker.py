@@ -2,22 +2,27 @@
 
 Stream in: ``scanner:events`` (``scan.submitted``, ``scan.completed``, ``scan.failed``),
 group ``scan-metrics``. The kernel hands over the events the group has not seen; they are
-merged in Python to one row per scan (``rows.py``) and sent as JSON text parameters: the
-rows without their phases, the phases flat, and each phase's owner. One statement, the
-inbox insert composed in front (``workers.kernel.inbox``), upserts
-``scanner.scan_metrics`` keyed by ``scan_id`` and, for the scans whose outcome this
-batch decided, replaces their ``scanner.execution_phases`` keyed by
-``(metrics_id, phase_order)``. The ``ON CONFLICT`` conditions repeat the precedence
-rules of ``rows.py`` against the stored row, so the result is the same in any order.
+merged in Python to one row per scan (``rows.py``) and sent as one array per column:
+the rows, then their phases flat with each phase's row position. One statement, the inbox
+insert composed in front (``workers.kernel.inbox``), writes them:
+
+- ``INSERT``: scans never seen before, plain inserts into ``scanner.scan_metrics`` and
+  ``scanner.execution_phases`` (no conflict check);
+- ``UPSERT``, when a scan of the batch is already stored (that statement fails on the
+  scan's key with nothing written): ``scanner.scan_metrics`` upserted keyed by ``scan_id``
+  and, for the scans whose outcome this batch decided, their phases replaced by the
+  winning event's. The ``ON CONFLICT`` conditions repeat the precedence rules of
+  ``rows.py`` against the stored row, so the result is the same in any order.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, ClassVar, Final
 
+import asyncpg
 import msgspec
 import structlog
 
@@ -30,22 +35,25 @@ from workers.scan_metrics.rows import ScanRow, rows_for_batch
 
 log = structlog.get_logger("workers.scan_metrics")
 
-# (column, type) in the order of the INSERT; the JSON keys are their camelCase names.
+# (column, type) of scanner.scan_metrics in the order of the statement's parameters.
+# ``text`` columns travel as lists the driver encodes (any text is safe); the others as
+# array literals (see notify-delivery's ``array_literal``): numbers, booleans, RFC 3339
+# timestamps and the contract's names need no quoting and cost the server little to parse.
 _ARTIFACT: Final = (
     ("tenant_id", "uuid"),
     ("surface_id", "uuid"),
     ("artifact_digest", "text"),
-    ("artifact_type", "text"),
+    ("artifact_type", "name"),
     ("is_replay", "boolean"),
 )
 _SUBMISSION: Final = (("submitted_at", "timestamptz"), ("submitted_event_id", "uuid"))
 _OUTCOME: Final = (
-    ("status", "text"),
+    ("status", "name"),
     ("outcome_event_id", "uuid"),
     ("started_at", "timestamptz"),
     ("finished_at", "timestamptz"),
     ("failed_at", "timestamptz"),
-    ("failed_phase", "text"),
+    ("failed_phase", "name"),
     ("error_code", "text"),
     ("error_message", "text"),
     ("retryable", "boolean"),
@@ -63,11 +71,74 @@ _OUTCOME: Final = (
     ("scanner_image_digest", "text"),
     *((f"t_{phase}_ms", "int") for phase in tte.TRACKED_PHASES),
 )
+_ROW: Final = (("metrics_id", "uuid"), ("scan_id", "uuid"), *_ARTIFACT, *_SUBMISSION, *_OUTCOME)
+# Phases, flat in row order: ``owner`` is the 1-based position of the phase's row.
+_PHASE: Final = (
+    ("owner", "int"),
+    ("name", "name"),
+    ("order", "int"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("success", "boolean"),
+    ("error_code", "text"),
+    ("error_message", "text"),
+)
 
 
-def _camel(column: str) -> str:
-    head, *rest = column.split("_")
-    return head + "".join(part.capitalize() for part in rest)
+def _cast(position: int, kind: str) -> str:
+    """The parameter's SQL: lists for uuid and text, array literals (text) otherwise."""
+    if kind == "uuid":
+        return f"${position}::uuid[]"
+    if kind == "text":
+        return f"${position}::text[]"
+    sql_type = "text" if kind == "name" else kind
+    return f"${position}::text::{sql_type}[]"
+
+
+_FIRST: Final = 3  # $1 and $2 are the inbox's
+_ROW_ARGS: Final = ", ".join(_cast(_FIRST + i, t) for i, (_, t) in enumerate(_ROW))
+_PHASE_FIRST: Final = _FIRST + len(_ROW)
+_PHASE_ARGS: Final = ", ".join(
+    f"unnest({_cast(_PHASE_FIRST + i, t)})" for i, (_, t) in enumerate(_PHASE)
+)
+# Each phase's metrics: one JSON array for the batch, parsed once.
+_METRICS_ARG: Final = f"${_PHASE_FIRST + len(_PHASE)}::text::jsonb"
+_ROW_NAMES: Final = ", ".join(c for c, _ in _ROW)
+_PHASE_NAMES: Final = ", ".join(f'"{c}"' for c, _ in _PHASE)
+_PHASES_FROM: Final = f"""ROWS FROM ({_PHASE_ARGS}, jsonb_array_elements({_METRICS_ARG}))
+        AS p({_PHASE_NAMES}, metrics)"""
+_PHASE_COLUMNS: Final = (
+    "metrics_id, phase_name, phase_order, started_at, finished_at, success, error_code, "
+    "error_message, phase_metrics"
+)
+
+
+def _phase_values(metrics_id: str) -> str:
+    return (
+        f'{metrics_id}, p.name, p."order", p.started_at, p.finished_at, p.success, '
+        "p.error_code, p.error_message, p.metrics"
+    )
+
+
+# Scans never seen before (the common case: one event per scan, or its whole lifecycle
+# in one batch): plain inserts, no conflict check on any row. A scan already stored makes
+# the statement fail on one of its keys (_SCAN_KEYS) with nothing written; the batch then goes
+# through UPSERT with the same parameters.
+INSERT: Final = compose(f"""
+m AS (
+    INSERT INTO scanner.scan_metrics ({_ROW_NAMES})
+    SELECT * FROM unnest({_ROW_ARGS})
+),
+ph AS (
+    INSERT INTO scanner.execution_phases ({_PHASE_COLUMNS})
+    SELECT {_phase_values(f"(${_FIRST}::uuid[])[p.owner]")}
+    FROM {_PHASES_FROM}
+)
+SELECT
+""")
+
+# A stored scan shows on whichever of its keys the statement reaches first.
+_SCAN_KEYS: Final = frozenset({"scan_metrics_pkey", "scan_metrics_scan_id_key"})
 
 
 # The stored outcome loses to the proposed one (rows.outcome_key, compared in SQL).
@@ -105,114 +176,80 @@ def _assignment() -> str:
         updated_at = now()"""
 
 
-def _upsert_sql() -> str:
-    """The batch's effects (composed behind the inbox insert): ``$3``, the merged rows
-    without their phases (JSON array); ``$4``, the phases of every row, flat, in row order
-    (JSON array); ``$5``, the ``metrics_id`` each of those phases belongs to (JSON array,
-    same length)."""
-    columns = [("metrics_id", "uuid"), ("scan_id", "uuid"), *_ARTIFACT, *_SUBMISSION, *_OUTCOME]
-    names = ", ".join(c for c, _ in columns)
-    record = ", ".join(f'"{_camel(c)}" {t}' for c, t in columns)
-    selected = ", ".join(f'x."{_camel(c)}"' for c, _ in columns)
-    assignments = _assignment()
-    # ``won``: scans whose outcome this statement wrote (the stored outcome_event_id is now
-    # the batch's); their phases become exactly the winning event's. A row this statement
-    # inserted (xmax = 0) has no phases yet: a plain INSERT. Otherwise orders the winner
-    # does not have are deleted and the others upserted. Phase rows need no ORDER BY: the
-    # scan row's lock, taken above in scan_id order, already serializes writers of a scan.
-    # The phases come flat with their owners beside them (ROWS FROM zips the two), so
-    # PostgreSQL parses each phase once instead of a nested array per scan.
-    return f"""
+# Any order, any redelivery: upserts ``scanner.scan_metrics`` keyed by ``scan_id`` and,
+# for the scans whose outcome this statement decided (``won``: the stored
+# outcome_event_id is now the batch's), makes their phases exactly the winning event's:
+# the stored ones are deleted (a row this statement inserted, xmax = 0, has none) and the
+# winner's inserted. Phase rows need no ORDER BY or key of their own: the scan row's lock,
+# taken above in scan_id order, already serializes the writers of a scan's phases.
+UPSERT: Final = compose(f"""
 x AS (
-    SELECT * FROM json_to_recordset($3::text::json) AS x({record})
+    SELECT *, ordinality::int AS position
+    FROM unnest({_ROW_ARGS}) WITH ORDINALITY AS x({_ROW_NAMES})
 ),
 m AS (
-    INSERT INTO scanner.scan_metrics AS s ({names})
-    SELECT {selected} FROM x ORDER BY x."scanId"
+    INSERT INTO scanner.scan_metrics AS s ({_ROW_NAMES})
+    SELECT {", ".join(f"x.{c}" for c, _ in _ROW)} FROM x ORDER BY x.scan_id
     ON CONFLICT (scan_id) DO UPDATE SET
-        {assignments}
+        {_assignment()}
     WHERE {_OUTCOME_WINS} OR {_SUBMISSION_WINS}
     RETURNING s.metrics_id, s.outcome_event_id, (s.xmax = 0) AS inserted
 ),
 won AS (
-    SELECT m.metrics_id, m.inserted
-    FROM x JOIN m ON m.metrics_id = x."metricsId" AND m.outcome_event_id = x."outcomeEventId"
+    SELECT m.metrics_id, m.inserted, x.position
+    FROM x JOIN m ON m.metrics_id = x.metrics_id AND m.outcome_event_id = x.outcome_event_id
 ),
 p AS (
-    SELECT won.metrics_id, won.inserted, ph.*
-    FROM ROWS FROM (
-        json_to_recordset($4::text::json) AS (
-            name text, "order" int, "startedAt" timestamptz, "finishedAt" timestamptz,
-            success boolean, "errorCode" text, "errorMessage" text, metrics json
-        ),
-        json_array_elements_text($5::text::json)
-    ) AS ph(
-        name, "order", "startedAt", "finishedAt", success, "errorCode", "errorMessage",
-        metrics, owner
-    )
-    JOIN won ON won.metrics_id = ph.owner::uuid
+    SELECT won.metrics_id, p.*
+    FROM {_PHASES_FROM}
+    JOIN won ON won.position = p.owner
 ),
 gone AS (
     DELETE FROM scanner.execution_phases e
     USING won
-    WHERE NOT won.inserted
-      AND e.metrics_id = won.metrics_id
-      AND NOT EXISTS (
-          SELECT FROM p WHERE p.metrics_id = e.metrics_id AND p."order" = e.phase_order
-      )
+    WHERE NOT won.inserted AND e.metrics_id = won.metrics_id
 ),
-fresh AS (
+ph AS (
     INSERT INTO scanner.execution_phases ({_PHASE_COLUMNS})
-    SELECT {_PHASE_VALUES} FROM p WHERE p.inserted
-),
-kept AS (
-    INSERT INTO scanner.execution_phases AS e ({_PHASE_COLUMNS})
-    SELECT {_PHASE_VALUES} FROM p WHERE NOT p.inserted
-    ON CONFLICT (metrics_id, phase_order) DO UPDATE SET
-        phase_name = EXCLUDED.phase_name,
-        started_at = EXCLUDED.started_at,
-        finished_at = EXCLUDED.finished_at,
-        success = EXCLUDED.success,
-        error_code = EXCLUDED.error_code,
-        error_message = EXCLUDED.error_message,
-        phase_metrics = EXCLUDED.phase_metrics
+    SELECT {_phase_values("p.metrics_id")} FROM p
 )
 SELECT
-"""
-
-
-_PHASE_COLUMNS: Final = (
-    "metrics_id, phase_name, phase_order, started_at, finished_at, success, error_code, "
-    "error_message, phase_metrics"
-)
-_PHASE_VALUES: Final = (
-    'p.metrics_id, p.name, p."order", p."startedAt", p."finishedAt", p.success, '
-    'p."errorCode", p."errorMessage", COALESCE(p.metrics::jsonb, \'{}\'::jsonb)'
-)
-
-UPSERT: Final = compose(_upsert_sql())
+""")
 
 _encoder = msgspec.json.Encoder()
-_NO_PHASES: Final[list[Phase]] = []
+# JSON's list brackets become an array literal's braces; quotes are dropped.
+_TO_ARRAY_LITERAL: Final = bytes.maketrans(b"[]", b"{}")
 
 
-def _parameters(rows: Sequence[ScanRow]) -> tuple[str, str, str]:
-    """``$3``-``$5`` of the batch statement: the rows without phases, the phases flat, and
-    the owner of each phase. Takes the phases out of ``rows``."""
+def _literal(values: list[Any]) -> str:
+    return _encoder.encode(values).translate(_TO_ARRAY_LITERAL, b'"').decode()
+
+
+_ROW_GETTERS: Final = [(attrgetter(c), t) for c, t in _ROW]
+_PHASE_GETTERS: Final = [(attrgetter(c), t) for c, t in _PHASE[1:]]
+_phase_metrics: Final = attrgetter("metrics")
+
+
+def parameters(rows: Sequence[ScanRow]) -> list[Any]:
+    """The batch statement's parameters from ``$3``: one per scan_metrics column, then one
+    per phase column (phases flat, in row order), then every phase's metrics as one JSON
+    array. INSERT and UPSERT take the same ones."""
+    params: list[Any] = []
+    for get, kind in _ROW_GETTERS:
+        values = list(map(get, rows))
+        params.append(values if kind in ("uuid", "text") else _literal(values))
     phases: list[Phase] = []
-    owners: list[uuid.UUID] = []
-    for row in rows:
+    owners: list[int] = []
+    for position, row in enumerate(rows, start=1):
         if row.phases:
             phases.extend(row.phases)
-            owners.extend([row.metrics_id] * len(row.phases))
-            # The rows are built for this one statement: taking their phases out in place
-            # saves copying every row.
-            row.phases = _NO_PHASES
-    return (
-        _encoder.encode(rows).decode(),
-        _encoder.encode(phases).decode(),
-        _encoder.encode(owners).decode(),
-    )
+            owners.extend([position] * len(row.phases))
+    params.append(_literal(owners))
+    for get, kind in _PHASE_GETTERS:
+        values = list(map(get, phases))
+        params.append(values if kind == "text" else _literal(values))
+    params.append(_encoder.encode(list(map(_phase_metrics, phases))).decode())
+    return params
 
 
 class ScanMetricsWorker(Worker[ScannerEvent, None]):
@@ -238,7 +275,16 @@ class ScanMetricsWorker(Worker[ScannerEvent, None]):
     async def apply(self, tx: Tx, fresh: Sequence[ScannerEvent]) -> None:
         # Several events of one scan merge into one row (rows.py): the kernel hands over
         # only events this group has not seen, so every row is new information.
-        await tx.execute(UPSERT, *_parameters(rows_for_batch(fresh)))
+        params = parameters(rows_for_batch(fresh))
+        try:
+            await tx.execute(INSERT, *params)
+        except asyncpg.UniqueViolationError as exc:
+            # A scan of the batch is already stored (a submission recorded earlier, an
+            # outcome redelivered under a new event id, a concurrent batch): the failed
+            # statement wrote nothing, so the whole batch is upserted instead.
+            if exc.constraint_name not in _SCAN_KEYS:
+                raise
+            await tx.execute(UPSERT, *params)
 
     async def after_commit(self, fresh: Sequence[ScannerEvent], result: None) -> None:
         """Count each outcome event the group saw for the first time.
