@@ -14,6 +14,7 @@ import pytest
 from contracts.scanner import ScanCompleted, ScanFailed
 from tests.helpers import apply_directly, fleet_cli, resources
 from workers import workload
+from workers.errors import ExitCode
 from workers.scan_metrics import ScanMetricsWorker
 
 
@@ -101,5 +102,5 @@ def test_bad_input_ends_with_one_line(database_url: str) -> None:
         assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     down = fleet_cli({"FLEET_DATABASE_URL": "postgresql://fleet@127.0.0.1:1/none"}, "tte")
     stderr = down.stderr.decode()
-    assert down.returncode == 1
+    assert down.returncode == ExitCode.POSTGRES
     assert "cannot connect to PostgreSQL" in stderr and len(stderr.strip().splitlines()) == 1
