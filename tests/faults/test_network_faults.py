@@ -204,7 +204,8 @@ async def test_a_partition_then_half_open_connections_resume_within_bounded_time
         await poll(lambda: _more(setup.db_url, before), timeout=120, what="consumption resumed")
         resumed = time.monotonic() - healed
         print(
-            f"\n{server}: partition {PARTITION_SECONDS:.0f}s; consumption resumed {resumed:.1f}s after healing"
+            f"\n{server}: partition {PARTITION_SECONDS:.0f}s; "
+            f"consumption resumed {resumed:.1f}s after healing"
         )
         await publish(real_redis, STREAM, events[4000:])
         await _exactly_once(setup, real_redis, events)
