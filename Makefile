@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_vex.py
 
 chaos: $(STAMP)
-	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider
+	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider -o timeout=900
 
 # Not part of `make test`: a million events, a consumer restarted every minute, memory sampled.
 soak: $(STAMP)
