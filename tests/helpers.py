@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,6 +85,19 @@ class OpenTx:
 def inbox_of(worker: Worker[Any, Any]) -> Inbox:
     pool = worker.resources.pool
     return NoInbox() if pool is None else PgInbox(pool)
+
+
+@contextlib.contextmanager
+def server_dir(prefix: str) -> Iterator[Path]:
+    """A fresh folder for the servers a test starts, removed afterwards. PostgreSQL runs
+    as an unprivileged user when the tests run as root, so the folder is world-readable
+    and outside pytest's private (0700) temporary tree."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def with_database(url: str, database: str) -> str:

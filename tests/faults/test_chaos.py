@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import Event, encode_entry
-from tests.helpers import fleet_process, migrated_database, process_log
+from tests.helpers import fleet_process, migrated_database, process_log, server_dir
 from workers import streams, workload
 from workers.app import available_workers
 from workers.embedded import free_port, start_postgres, start_valkey
@@ -108,10 +106,8 @@ def _interleave(parts: list[Part], rng: random.Random) -> Iterator[tuple[str, di
 
 @pytest.fixture
 def chaos_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="streamfleet-chaos-"))
-    folder.chmod(0o755)  # PostgreSQL runs as an unprivileged user when tests run as root
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with server_dir("streamfleet-chaos-") as folder:
+        yield folder
 
 
 async def _consumed(client: aioredis.Redis, parts: list[Part]) -> bool:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.helpers import fleet_process, migrated_database, poll, process_log
+from tests.helpers import fleet_process, migrated_database, poll, process_log, server_dir
 from workers import streams, workload
 from workers.demo import publish
 from workers.embedded import start_postgres
@@ -33,12 +30,10 @@ GROUP = "notify-workers"
 @pytest.fixture
 def own_postgres() -> Iterator[Any]:
     """A PostgreSQL of this test's own, since the test stops it."""
-    folder = Path(tempfile.mkdtemp(prefix="streamfleet-outage-"))
-    folder.chmod(0o755)  # PostgreSQL runs as an unprivileged user when tests run as root
-    server, _ = start_postgres(folder / "pg")
-    yield server
-    server.cleanup()
-    shutil.rmtree(folder, ignore_errors=True)
+    with server_dir("streamfleet-outage-") as folder:
+        server, _ = start_postgres(folder / "pg")
+        yield server
+        server.cleanup()
 
 
 def _stop(pg: Any) -> None:

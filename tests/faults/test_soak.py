@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.helpers import fleet_process, migrated_database, process_log
+from tests.helpers import fleet_process, migrated_database, process_log, server_dir
 from workers import streams, workload
 from workers.demo import publish
 from workers.embedded import free_port, start_postgres, start_valkey
@@ -48,10 +46,8 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.fixture
 def soak_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="streamfleet-soak-"))
-    folder.chmod(0o755)  # PostgreSQL runs as an unprivileged user when tests run as root
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with server_dir("streamfleet-soak-") as folder:
+        yield folder
 
 
 async def test_soak_a_million_events_with_a_consumer_restarted_every_minute(
