@@ -148,7 +148,8 @@ def test_bad_configuration_is_one_clear_line(
 ) -> None:
     from tests.helpers import fleet_cli
 
-    result = fleet_cli({"FLEET_VALKEY_URL": valkey_url, **env}, *args, timeout=60)
+    base = {"FLEET_VALKEY_URL": valkey_url, "FLEET_HTTP_PORT": "0"}
+    result = fleet_cli({**base, **env}, *args, timeout=60)
     stderr = result.stderr.decode()
     assert result.returncode != 0
     assert expected in stderr, stderr
