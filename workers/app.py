@@ -16,11 +16,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+import asyncpg
 import structlog
 
 from workers import streams
-from workers.db import DataStep, create_pool, load_migrations, require_migrated, schema_dir
-from workers.errors import ConfigError, ExitCode
+from workers.db import (
+    DataStep,
+    Failure,
+    classify,
+    create_pool,
+    load_migrations,
+    require_migrated,
+    schema_dir,
+)
+from workers.errors import ConfigError, ExitCode, error_text
 from workers.http import OpsServer, bind
 from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
 from workers.kernel.lease import ConsumerLease
@@ -168,12 +177,7 @@ class Fleet:
         try:
             async with open_resources(settings, need_s3=need_s3) as resources:
                 assert resources.pool is not None  # open_resources always opens the pool
-                async with resources.pool.acquire() as conn:
-                    await require_migrated(
-                        conn,
-                        load_migrations(schema_dir(settings)),
-                        redact_url(settings.database_url),
-                    )
+                await _check_migrated(resources.pool, settings)
                 await self._serve(resources, classes, leases, sock)
         finally:
             sock.close()
@@ -256,6 +260,23 @@ class Fleet:
             for lease in leases:
                 await lease.release()
         log.info("fleet.stopped")
+
+
+async def _check_migrated(pool: Any, settings: Settings, attempts: int = 5) -> None:
+    """Refuse an unmigrated database; a connection lost meanwhile is retried a few times,
+    then reported in one line (:attr:`ExitCode.POSTGRES`)."""
+    where = redact_url(settings.database_url)
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire() as conn:
+                await require_migrated(conn, load_migrations(schema_dir(settings)), where)
+            return
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if classify(exc) is not Failure.OUTAGE or attempt == attempts:
+                raise ConfigError(
+                    f"PostgreSQL at {where}: {error_text(exc)}", ExitCode.POSTGRES
+                ) from None
+            await asyncio.sleep(0.2 * 2**attempt)  # backoff before the next attempt
 
 
 def run_event_loop(

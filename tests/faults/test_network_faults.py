@@ -24,6 +24,7 @@ from tests.helpers import fleet_process, migrated_database, poll, process_log
 from workers import streams, workload
 from workers.demo import publish
 from workers.embedded import free_port
+from workers.kernel.lease import lease_key
 
 PARTITION_SECONDS = float(os.environ.get("FLEET_PARTITION_SECONDS", "12"))
 STREAM = "notify:delivery"
@@ -151,6 +152,9 @@ async def test_connections_reset_mid_command_lose_and_repeat_nothing(
     events = list(workload.notification_events(6000, seed=72))
     procs = [fleet_process(setup.env, "run", "notify-delivery") for _ in range(2)]
     try:
+        # Both running (each holds its consumer name) before the first reset: this test is
+        # about connections lost in the middle of the work, not during start-up.
+        await poll(lambda: _started(real_redis, procs), timeout=60, what="both workers started")
         resets = 0
         for chunk in range(6):
             await publish(real_redis, STREAM, events[chunk * 1000 : (chunk + 1) * 1000])
@@ -163,6 +167,12 @@ async def test_connections_reset_mid_command_lose_and_repeat_nothing(
     finally:
         for proc in procs:
             await _stop(proc)
+
+
+async def _started(redis: Any, procs: list[Any]) -> bool:
+    tokens = [await redis.get(lease_key(STREAM, f"{GROUP}-{n}")) for n in range(len(procs))]
+    holders = {int(t.split(b"/")[1]) for t in tokens if t}
+    return holders == {p.pid for p in procs}
 
 
 async def _more(db_url: str, n: int) -> bool:
