@@ -307,7 +307,7 @@ def status(
             r.stream,
             r.group,
             str(r.length),
-            "?" if r.lag is None else str(r.lag),
+            "?" if r.lag is None else (f">={r.lag}" if r.lag_estimated else str(r.lag)),
             str(r.pending),
             f"{r.oldest_pending_age_seconds:.1f}s",
             str(r.consumers),

@@ -212,29 +212,58 @@ class GroupStatus:
     consumers: int
     dlq_length: int
     last_delivered_id: str
+    # True when the lag was counted up to LAG_COUNT_LIMIT and more entries were left:
+    # the figure is then a lower bound.
+    lag_estimated: bool = False
+
+
+LAG_COUNT_LIMIT = 100_000
+"""Entries counted at most when the server cannot report a group's lag."""
+
+
+async def _lag_after(client: aioredis.Redis, stream: str, last_id: str) -> tuple[int, bool]:
+    """``XRANGE stream (last_id + COUNT 1000`` page by page: the entries not yet delivered to
+    a group whose lag the server reports as unknown (after ``XDEL`` or ``XTRIM`` across
+    its position), counted up to :data:`LAG_COUNT_LIMIT`; (count, whether it stopped
+    there)."""
+    count = 0
+    cursor = f"({last_id}"
+    while count < LAG_COUNT_LIMIT:
+        page: Any = await client.xrange(stream, cursor, "+", count=1000)
+        if not page:
+            return count, False
+        count += len(page)
+        cursor = f"({_s(page[-1][0])}"
+    return count, True
 
 
 async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatus]:
-    """``XLEN``, ``XINFO GROUPS``, ``XPENDING`` (summary) and ``XLEN <stream>:dlq``."""
+    """``XLEN``, ``XINFO GROUPS``, ``XPENDING`` (the oldest pending entry, with its idle
+    time) and ``XLEN <stream>:dlq``; when ``XINFO`` reports no lag, the undelivered
+    entries are counted (``XRANGE``, bounded)."""
     length = int(await client.xlen(stream))
     dlq_length = int(await client.xlen(dlq_name(stream)))
     try:
         groups = await client.xinfo_groups(stream)
     except redis_exc.ResponseError:
         return []
-    now_ms = time.time() * 1000
     result: list[GroupStatus] = []
     for info in groups:
         name = _s(info["name"])
         pending = int(info["pending"])
         oldest_age = 0.0
         if pending:
-            summary = await client.xpending(stream, name)
-            oldest = summary.get("min")
-            if oldest:
-                oldest_age = max(0.0, (now_ms - _id_tuple(oldest)[0]) / 1000)
+            # Since the oldest pending entry was last delivered, not since it was published:
+            # a backlog consumed at full speed keeps this low, a stuck entry makes it grow.
+            rows = await client.xpending_range(stream, name, min="-", max="+", count=1)
+            if rows:
+                oldest_age = max(0.0, int(rows[0]["time_since_delivered"]) / 1000)
         lag_value = info.get("lag")
-        lag = int(lag_value) if lag_value is not None else None
+        estimated = False
+        if lag_value is not None:
+            lag: int | None = int(lag_value)
+        else:
+            lag, estimated = await _lag_after(client, stream, _s(info["last-delivered-id"]))
         result.append(
             GroupStatus(
                 stream=stream,
@@ -246,6 +275,7 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
                 consumers=int(info["consumers"]),
                 dlq_length=dlq_length,
                 last_delivered_id=_s(info["last-delivered-id"]),
+                lag_estimated=estimated,
             )
         )
     return result
