@@ -316,6 +316,35 @@ def status(
     out.print(table)
 
 
+@app.command()
+def top(
+    stream: StreamOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes (and samples).")
+    ] = 1.0,
+) -> None:
+    """Live view per stream and group: rates in and out, lag, pending, consumers, DLQ."""
+    from rich.live import Live
+
+    from workers.top import frames
+
+    names = _streams_for(stream)
+    cfg = settings()
+
+    async def go() -> None:
+        async with _valkey(cfg) as client:
+            shown = frames(client, names, interval)
+            if once:
+                out.print(await anext(shown))
+                return
+            with Live(console=out, auto_refresh=False) as live:
+                async for table in shown:
+                    live.update(table, refresh=True)
+
+    run_async(go)
+
+
 # ------------------------------------------------------------------ dlq
 
 

@@ -134,3 +134,19 @@ async def test_dlq_replay_by_reason_finds_matches_past_the_first_page(
     assert await real_redis.xlen(f"{STREAM}:dlq") == 1100
     listed = fleet_cli(env, "dlq", "list", STREAM, "--reason", "invalid_event", "--count", "5")
     assert listed.stdout.decode().count("invalid_event") == 5
+
+
+async def test_top_once_prints_one_frame_with_rates(real_redis: Any, valkey_url: str) -> None:
+    await streams.ensure_group(real_redis, "notify:delivery", "notify-workers")
+    for _ in range(5):
+        await real_redis.xadd("notify:delivery", {"type": b"x", "data": b"{}"})
+    await real_redis.xreadgroup("notify-workers", "c1", {"notify:delivery": ">"}, count=2)
+    result = fleet_cli(
+        {"FLEET_VALKEY_URL": valkey_url, "COLUMNS": "200"},
+        "top", "--once", "--interval", "0.2", "--stream", "notify:delivery",
+    )  # fmt: skip
+    text = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "fleet top" in text and "in/s" in text and "out/s" in text
+    row = next(line for line in text.splitlines() if "notify-workers" in line)
+    assert "notify:delivery" in row and " 3 " in row  # lag: five added, two read

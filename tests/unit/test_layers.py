@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "workers.snapshot_retention",
         ),
     ),
-    ("cli/app", ("workers.app", "workers.cli", "workers.__main__")),
+    ("cli/app", ("workers.app", "workers.cli", "workers.__main__", "workers.top")),
     ("dev kit", ("workers.demo", "workers.workload", "workers.embedded")),
 ]
 

@@ -1,0 +1,127 @@
+"""``fleet top``: a live terminal view of every consumed stream and group.
+
+Per stream and group, refreshed every interval: the rate in (entries added to the stream)
+and out (entries the group read), lag, pending, the oldest pending entry's time since
+delivery, consumers, and the dead-letter stream's length and growth. Rates are the
+difference of two samples (``XINFO STREAM`` ``entries-added``, ``XINFO GROUPS``
+``entries-read``) over the time between them; ``--once`` takes two samples and prints one
+frame, for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+from workers import streams
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    added: dict[str, int]
+    read: dict[tuple[str, str], int | None]
+    statuses: list[streams.GroupStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    stream: str
+    group: str
+    rate_in: float
+    rate_out: float | None
+    lag: str
+    pending: int
+    oldest_pending_seconds: float
+    consumers: int
+    dlq: int
+    dlq_rate: float
+
+
+async def sample(client: Any, names: list[str]) -> Sample:
+    """``XINFO STREAM`` and ``XINFO GROUPS`` per stream, with the groups' statuses."""
+    added: dict[str, int] = {}
+    read: dict[tuple[str, str], int | None] = {}
+    statuses: list[streams.GroupStatus] = []
+    for name in names:
+        try:
+            info = await client.xinfo_stream(name)
+        except Exception:  # noqa: BLE001 - a stream not created yet has nothing to show
+            added[name] = 0
+            continue
+        added[name] = int(info.get("entries-added") or info.get("length") or 0)
+        for group in await client.xinfo_groups(name):
+            value = group.get("entries-read")
+            read[(name, streams._s(group["name"]))] = None if value is None else int(value)
+        statuses.extend(await streams.group_statuses(client, name))
+    return Sample(time.monotonic(), added, read, statuses)
+
+
+def frame(before: Sample, after: Sample) -> list[Row]:
+    """The rows between two samples (pure)."""
+    seconds = max(after.at - before.at, 1e-9)
+    dlq_before = {s.stream: s.dlq_length for s in before.statuses}
+    rows = []
+    for status in after.statuses:
+        key = (status.stream, status.group)
+        read_now, read_then = after.read.get(key), before.read.get(key)
+        rate_out = (
+            None if read_now is None or read_then is None else (read_now - read_then) / seconds
+        )
+        lag = "?" if status.lag is None else str(status.lag)
+        if status.lag_estimated:
+            lag = f">={lag}"
+        rows.append(
+            Row(
+                stream=status.stream,
+                group=status.group,
+                rate_in=(after.added.get(status.stream, 0) - before.added.get(status.stream, 0))
+                / seconds,
+                rate_out=rate_out,
+                lag=lag,
+                pending=status.pending,
+                oldest_pending_seconds=status.oldest_pending_age_seconds,
+                consumers=status.consumers,
+                dlq=status.dlq_length,
+                dlq_rate=(status.dlq_length - dlq_before.get(status.stream, status.dlq_length))
+                / seconds,
+            )
+        )
+    return rows
+
+
+def render(rows: list[Row]) -> Table:
+    table = Table(title="fleet top")
+    columns = ("stream", "group", "in/s", "out/s", "lag", "pending", "oldest pending")
+    for column in (*columns, "consumers", "dlq", "dlq/s"):
+        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+    for r in rows:
+        table.add_row(
+            r.stream,
+            r.group,
+            f"{r.rate_in:,.0f}",
+            "?" if r.rate_out is None else f"{r.rate_out:,.0f}",
+            r.lag,
+            str(r.pending),
+            f"{r.oldest_pending_seconds:.1f}s",
+            str(r.consumers),
+            str(r.dlq),
+            f"{r.dlq_rate:,.1f}",
+        )
+    if not rows:
+        table.caption = "no consumer group yet"
+    return table
+
+
+async def frames(client: Any, names: list[str], interval: float) -> Any:
+    """Yield a table every ``interval`` seconds."""
+    before = await sample(client, names)
+    while True:
+        await asyncio.sleep(interval)  # the refresh interval of the view
+        after = await sample(client, names)
+        yield render(frame(before, after))
+        before = after
