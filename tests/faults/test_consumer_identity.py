@@ -89,6 +89,7 @@ async def test_a_killed_worker_takes_its_name_back_and_drains_its_own_pending_en
         for proc in (victim,):
             if proc.poll() is None:
                 proc.kill()
+                proc.wait(timeout=10)
         await locker.close()
     assert took < IDLE_SECONDS
     # A graceful stop gives the name back.

@@ -21,6 +21,7 @@ from tests.helpers import fleet_process, migrated_database, poll, process_log, s
 from workers import streams, workload
 from workers.demo import publish
 from workers.embedded import start_postgres
+from workers.kernel.lease import lease_key
 
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "30"))
 STREAM = "notify:delivery"
@@ -78,6 +79,14 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
             return int(await db.fetchval("SELECT count(*) FROM notify.delivery_log")) > 0
 
         await poll(started, timeout=60, what="the first rows")
+
+        async def both_running() -> bool:
+            # Each holds its consumer name once it has started: the outage is meant to
+            # hit running workers, not one still starting up.
+            tokens = [await real_redis.get(lease_key(STREAM, f"{GROUP}-{n}")) for n in range(2)]
+            return {int(t.split(b"/")[1]) for t in tokens if t} == {p.pid for p in procs}
+
+        await poll(both_running, timeout=60, what="both workers running")
         await db.close()
         _stop(own_postgres)
         # Publishing goes on for the whole outage: the workers read, hold and wait.
@@ -104,6 +113,7 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait(timeout=10)
         await db.close()
     assert {r[0] for r in rows} == {e.event_id for e in events}, "lost events"
     assert inbox == len(events), "events applied twice or not at all"

@@ -124,6 +124,7 @@ async def test_soak_a_million_events_with_a_consumer_restarted_every_minute(
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait(timeout=10)
         await client.aclose()
         valkey.stop()
         pg.cleanup()
