@@ -221,22 +221,6 @@ LAG_COUNT_LIMIT = 100_000
 """Entries counted at most when the server cannot report a group's lag."""
 
 
-async def _lag_after(client: aioredis.Redis, stream: str, last_id: str) -> tuple[int, bool]:
-    """``XRANGE stream (last_id + COUNT 1000`` page by page: the entries not yet delivered to
-    a group whose lag the server reports as unknown (after ``XDEL`` or ``XTRIM`` across
-    its position), counted up to :data:`LAG_COUNT_LIMIT`; (count, whether it stopped
-    there)."""
-    count = 0
-    cursor = f"({last_id}"
-    while count < LAG_COUNT_LIMIT:
-        page: Any = await client.xrange(stream, cursor, "+", count=1000)
-        if not page:
-            return count, False
-        count += len(page)
-        cursor = f"({_s(page[-1][0])}"
-    return count, True
-
-
 async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatus]:
     """``XLEN``, ``XINFO GROUPS``, ``XPENDING`` (the oldest pending entry, with its idle
     time) and ``XLEN <stream>:dlq``; when ``XINFO`` reports no lag, the undelivered
@@ -263,7 +247,11 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
         if lag_value is not None:
             lag: int | None = int(lag_value)
         else:
-            lag, estimated = await _lag_after(client, stream, _s(info["last-delivered-id"]))
+            # The server cannot tell (entries deleted or trimmed across the group's position):
+            # the undelivered entries are counted, up to LAG_COUNT_LIMIT.
+            last = _s(info["last-delivered-id"])
+            lag = await _count_range(client, stream, f"({last}", "+", limit=LAG_COUNT_LIMIT)
+            estimated = lag >= LAG_COUNT_LIMIT
         result.append(
             GroupStatus(
                 stream=stream,
@@ -375,16 +363,21 @@ class TrimPlan:
     consumed_bound: str | None = None  # every group is done with entries below this id
 
 
-async def _count_range(client: aioredis.Redis, stream: str, start: str, end: str) -> int:
-    """Entries in [start, end), read in pages so memory stays bounded."""
+async def _count_range(
+    client: aioredis.Redis, stream: str, start: str, end: str, *, limit: int | None = None
+) -> int:
+    """``XRANGE stream start end COUNT 1000`` page by page (bounds as ``XRANGE`` takes
+    them, ``(`` for exclusive): the entries between, memory bounded; counting stops once
+    ``limit`` is reached."""
     count = 0
     cursor = start
-    while True:
-        page: Any = await client.xrange(stream, cursor, f"({end}", count=1000)
+    while limit is None or count < limit:
+        page: Any = await client.xrange(stream, cursor, end, count=1000)
         if not page:
             return count
         count += len(page)
         cursor = f"({_s(page[-1][0])}"
+    return count
 
 
 async def plan_trim(
@@ -434,7 +427,7 @@ async def plan_trim(
     trims = bound > first_id
     removable = 0
     if trims and count:
-        removable = await _count_range(client, stream, "-", _id_text(bound))
+        removable = await _count_range(client, stream, "-", f"({_id_text(bound)}")
     cap_removals = 0
     if max_len and length - removable > max_len:
         cap_removals = length - removable - max_len
@@ -483,7 +476,7 @@ async def trim_stream(
         # the cap removing those loses nothing, so only the others are counted.
         consumed_left = 0
         if plan.consumed_bound is not None:
-            consumed_left = await _count_range(client, stream, "-", plan.consumed_bound)
+            consumed_left = await _count_range(client, stream, "-", f"({plan.consumed_bound}")
         cut = int(await client.xtrim(stream, maxlen=max_len, approximate=False))
         unconsumed = max(0, cut - consumed_left)
         if unconsumed:

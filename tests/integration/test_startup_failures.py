@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import empty_database, fleet_cli, fleet_process, poll, process_log
+from workers.embedded import free_port
 from workers.errors import ExitCode
 
 
@@ -33,13 +34,6 @@ def _one_line_error(stderr: bytes) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), text
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 CASES = {
@@ -88,7 +82,7 @@ async def test_an_unmigrated_database_is_refused_naming_fleet_migrate(
 async def test_a_taken_http_port_is_one_line_and_an_exit_within_two_seconds_of_start_up(
     real_redis: Any, valkey_url: str, database_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = _env(valkey_url, database_url, FLEET_HTTP_PORT=str(port))
     first = fleet_process(env, "run", "notify-delivery")
     try:

@@ -111,14 +111,12 @@ class ConsumerLease:
         """``SET <stream>:lease:<group>-<n> holder NX PX ms`` for n = 0, 1, … until one is
         free or was held by a dead process of this host; the consumer name. A connection
         lost meanwhile is retried (``attempts`` times, backing off to about 30 s in all)."""
-        for attempt in range(1, attempts + 1):
+        for attempt in range(1, attempts):
             try:
                 return await self._acquire()
             except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError):
-                if attempt == attempts:
-                    raise
                 await asyncio.sleep(min(0.25 * 2**attempt, 8.0))  # backoff before retrying
-        raise AssertionError("unreachable")
+        return await self._acquire()
 
     async def _acquire(self) -> str:
         token = self._holder.token
