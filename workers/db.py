@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import asyncpg.exceptions as pgexc
 import asyncpg.pool
+import msgspec
 import structlog
 
 from workers import metrics, netio
@@ -132,6 +133,23 @@ def _pool_init(max_size: int) -> Callable[[asyncpg.Connection], Coroutine[Any, A
         await _init_connection(conn)
 
     return init
+
+
+_array_encoder = msgspec.json.Encoder()
+# JSON's list brackets become an array literal's braces; quotes are dropped (see below).
+_TO_ARRAY_LITERAL = bytes.maketrans(b"[]", b"{}")
+
+
+def array_literal(values: Sequence[object]) -> str:
+    """A PostgreSQL array literal of ``values`` (``{1,NULL,2026-11-01T00:00:00Z}``) for
+    values whose JSON text needs no quoting in one: numbers, booleans, RFC 3339
+    timestamps, the contracts' enumerated names. msgspec writes the JSON list; its
+    brackets become braces, its quotes are dropped and ``null`` reads as NULL.
+
+    Workers send such columns as text (``$n::text::int[]``) because the driver's binary
+    encoding costs more per element (a type check per value, and date arithmetic for a
+    timestamp) than the server's parsing of such short values."""
+    return _array_encoder.encode(values).translate(_TO_ARRAY_LITERAL, b'"').decode()
 
 
 def _json_dumps(value: Any) -> str:

@@ -15,10 +15,10 @@ from contracts import Event
 from contracts.notify import ChannelType, NotificationFailed, NotificationSent
 from tests.helpers import resources
 from workers import workload
+from workers.db import array_literal
 from workers.kernel import PgInbox
 from workers.kernel.inbox import apply_new
 from workers.notify_delivery import NotifyDeliveryWorker
-from workers.notify_delivery.worker import array_literal
 
 GROUP = "notify-workers"
 

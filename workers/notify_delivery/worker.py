@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any, ClassVar, Final
 
-import msgspec
-
 from contracts import Event
 from contracts.notify import NotificationFailed, NotificationSent
 from workers import metrics
+from workers.db import array_literal
 from workers.kernel.inbox import Tx, compose
 from workers.kernel.worker import Worker
 
@@ -70,9 +69,6 @@ upsert AS (
 SELECT
 """)
 
-_encoder = msgspec.json.Encoder()
-# JSON's list brackets become an array literal's braces; quotes are dropped (see below).
-_TO_ARRAY_LITERAL = bytes.maketrans(b"[]", b"{}")
 _delivery_id = attrgetter("delivery_id")
 _tenant_id = attrgetter("tenant_id")
 _rule_id = attrgetter("rule_id")
@@ -85,22 +81,10 @@ _latency_ms = attrgetter("latency_ms")
 _STATUS: dict[type[Event], str] = {NotificationSent: "sent", NotificationFailed: "failed"}
 
 
-def array_literal(values: Sequence[object]) -> str:
-    """A PostgreSQL array literal of ``values`` (``{1,NULL,2026-11-01T00:00:00Z}``) for
-    values whose JSON text needs no quoting in one: numbers, booleans, RFC 3339
-    timestamps, the contract's channel type names. msgspec writes the JSON list; its
-    brackets become braces, its quotes are dropped and ``null`` reads as NULL.
-
-    These columns travel as text because the driver's binary encoding costs more per
-    element (a type check per value, and date arithmetic for a timestamp) than the
-    server's parsing of such short values."""
-    return _encoder.encode(values).translate(_TO_ARRAY_LITERAL, b'"').decode()
-
-
 def _columns(events: Sequence[Delivery]) -> tuple[Any, ...]:
     """The statement's parameters $3..$15: one value per column, each a list in the
     events' order (UUIDs and error texts, encoded in binary by the driver) or an array
-    literal (see :func:`array_literal`)."""
+    literal (see :func:`workers.db.array_literal`)."""
     sent = [isinstance(e, NotificationSent) for e in events]
     at = [e.sent_at if isinstance(e, NotificationSent) else e.failed_at for e in events]
     error: list[str | None] | None = None

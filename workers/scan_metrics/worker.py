@@ -28,6 +28,7 @@ import structlog
 
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScannerEvent, ScanSubmitted
 from workers import metrics
+from workers.db import array_literal
 from workers.kernel.inbox import Tx, compose
 from workers.kernel.worker import Resources, Worker
 from workers.scan_metrics import tte
@@ -37,7 +38,7 @@ log = structlog.get_logger("workers.scan_metrics")
 
 # (column, type) of scanner.scan_metrics in the order of the statement's parameters.
 # ``text`` columns travel as lists the driver encodes (any text is safe); the others as
-# array literals (see notify-delivery's ``array_literal``): numbers, booleans, RFC 3339
+# array literals (``workers.db.array_literal``): numbers, booleans, RFC 3339
 # timestamps and the contract's names need no quoting and cost the server little to parse.
 _ARTIFACT: Final = (
     ("tenant_id", "uuid"),
@@ -217,14 +218,6 @@ SELECT
 """)
 
 _encoder = msgspec.json.Encoder()
-# JSON's list brackets become an array literal's braces; quotes are dropped.
-_TO_ARRAY_LITERAL: Final = bytes.maketrans(b"[]", b"{}")
-
-
-def _literal(values: list[Any]) -> str:
-    return _encoder.encode(values).translate(_TO_ARRAY_LITERAL, b'"').decode()
-
-
 _ROW_GETTERS: Final = [(attrgetter(c), t) for c, t in _ROW]
 _PHASE_GETTERS: Final = [(attrgetter(c), t) for c, t in _PHASE[1:]]
 _phase_metrics: Final = attrgetter("metrics")
@@ -237,17 +230,17 @@ def parameters(rows: Sequence[ScanRow]) -> list[Any]:
     params: list[Any] = []
     for get, kind in _ROW_GETTERS:
         values = list(map(get, rows))
-        params.append(values if kind in ("uuid", "text") else _literal(values))
+        params.append(values if kind in ("uuid", "text") else array_literal(values))
     phases: list[Phase] = []
     owners: list[int] = []
     for position, row in enumerate(rows, start=1):
         if row.phases:
             phases.extend(row.phases)
             owners.extend([position] * len(row.phases))
-    params.append(_literal(owners))
+    params.append(array_literal(owners))
     for get, kind in _PHASE_GETTERS:
         values = list(map(get, phases))
-        params.append(values if kind == "text" else _literal(values))
+        params.append(values if kind == "text" else array_literal(values))
     params.append(_encoder.encode(list(map(_phase_metrics, phases))).decode())
     return params
 
