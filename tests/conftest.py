@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from devkit.embedded import start_postgres, start_valkey
 from tests.helpers import drop_database, migrated_database
-from workers.embedded import start_postgres, start_valkey
 from workers.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

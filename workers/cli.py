@@ -20,11 +20,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from contracts.base import Event
 from contracts.registry import STREAMS, contract_for_stream
-from contracts.wire import DecodeError, decode_data, encode_event
+from contracts.wire import DecodeError, decode_data
 from workers import streams
 from workers.errors import ConfigError, ExitCode, FleetError
 from workers.logs import configure_logging
+from workers.publishing import publish as publish_events
 from workers.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -198,10 +200,10 @@ def _read_lines(source: str) -> Iterator[tuple[int, bytes]]:
 
 def parse_publish_lines(
     stream: str, lines: Iterator[tuple[int, bytes]]
-) -> tuple[list[dict[str, bytes]], list[str]]:
-    """Validate JSON lines against ``stream``'s contracts: (entries, problems by line)."""
+) -> tuple[list[Event], list[str]]:
+    """Validate JSON lines against ``stream``'s contracts: (events, problems by line)."""
     types = contract_for_stream(stream).types_by_name()
-    entries: list[dict[str, bytes]] = []
+    entries: list[Event] = []
     problems: list[str] = []
     for number, raw in lines:
         line = raw.strip()
@@ -228,7 +230,7 @@ def parse_publish_lines(
         except DecodeError as exc:
             problems.append(f"line {number}: {exc}")
             continue
-        entries.append({"type": cls.event_type().encode(), "data": encode_event(event)})
+        entries.append(event)
     return entries, problems
 
 
@@ -255,13 +257,7 @@ def publish(
         async with _valkey(cfg) as client:
             with Progress(console=err, transient=True) as progress:
                 task = progress.add_task(f"publishing to {stream}", total=len(entries))
-                for start in range(0, len(entries), 1000):
-                    chunk = entries[start : start + 1000]
-                    async with client.pipeline(transaction=False) as pipe:
-                        for fields in chunk:
-                            pipe.xadd(stream, fields)
-                        await pipe.execute()
-                    progress.advance(task, len(chunk))
+                await publish_events(client, stream, entries, lambda n: progress.advance(task, n))
 
     run_async(go)
     skipped = f", skipped {len(problems)} invalid" if problems else ""
@@ -540,7 +536,7 @@ def demo(
     scale: Annotated[float, typer.Option(min=0.01, help="Workload size multiplier.")] = 1.0,
 ) -> None:
     """Start the embedded stack, run every worker on a realistic workload, print a summary."""
-    from workers.demo import run_demo
+    from devkit.demo import run_demo  # until the dev kit registers the command itself
 
     configure_logging("warning", "console")
     try:

@@ -28,10 +28,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import Event, encode_entry
+from devkit import workload
+from devkit.embedded import free_port, start_postgres, start_valkey
 from tests.helpers import fleet_process, migrated_database, process_log, server_dir
-from workers import streams, workload
+from workers import streams
 from workers.app import available_workers
-from workers.embedded import free_port, start_postgres, start_valkey
 from workers.kernel.lease import lease_key
 
 EVENTS = int(os.environ.get("FLEET_CHAOS_EVENTS", "6000"))

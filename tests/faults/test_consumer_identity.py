@@ -10,10 +10,11 @@ from typing import Any
 
 import asyncpg
 
+from devkit import workload
 from tests.helpers import fleet_process, poll, process_log
-from workers import streams, workload
-from workers.demo import publish
+from workers import streams
 from workers.kernel.lease import lease_key
+from workers.publishing import publish
 
 STREAM = "notify:delivery"
 GROUP = "notify-workers"

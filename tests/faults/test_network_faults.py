@@ -19,12 +19,13 @@ import aiohttp
 import asyncpg
 import pytest
 
+from devkit import workload
+from devkit.embedded import free_port
 from tests.faults.proxy import FaultProxy
 from tests.helpers import fleet_process, migrated_database, poll, process_log
-from workers import streams, workload
-from workers.demo import publish
-from workers.embedded import free_port
+from workers import streams
 from workers.kernel.lease import lease_key
+from workers.publishing import publish
 
 PARTITION_SECONDS = float(os.environ.get("FLEET_PARTITION_SECONDS", "12"))
 STREAM = "notify:delivery"

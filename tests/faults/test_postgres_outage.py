@@ -17,10 +17,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from devkit import workload
+from devkit.embedded import start_postgres
 from tests.helpers import fleet_process, migrated_database, poll, process_log, server_dir
-from workers import streams, workload
-from workers.demo import publish
-from workers.embedded import start_postgres
+from workers import streams
+from workers.publishing import publish
 
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "30"))
 STREAM = "notify:delivery"

@@ -10,9 +10,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from devkit import workload
 from tests.helpers import fleet_process, poll, process_log
-from workers import streams, workload
-from workers.demo import publish
+from workers import streams
+from workers.publishing import publish
 
 STREAM = "notify:delivery"
 GROUP = "notify-workers"

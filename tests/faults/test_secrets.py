@@ -24,9 +24,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.wire import encode_event
+from devkit import workload
 from tests.helpers import fleet_cli, fleet_process, poll, process_log
 from tests.tls_servers import TlsStack, free_port, tls_stack
-from workers import streams, workload
+from workers import streams
 
 STREAM = "notify:delivery"
 EVENTS = 200

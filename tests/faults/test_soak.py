@@ -23,10 +23,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from devkit import workload
+from devkit.embedded import free_port, start_postgres, start_valkey
 from tests.helpers import fleet_process, migrated_database, process_log, server_dir
-from workers import streams, workload
-from workers.demo import publish
-from workers.embedded import free_port, start_postgres, start_valkey
+from workers import streams
+from workers.publishing import publish
 
 EVENTS = int(os.environ.get("FLEET_SOAK_EVENTS", "0"))
 RESTART_SECONDS = float(os.environ.get("FLEET_SOAK_RESTART_SECONDS", "60"))

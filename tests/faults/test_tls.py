@@ -21,10 +21,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from devkit import workload
 from tests.helpers import fleet_cli, fleet_process, poll, process_log
 from tests.tls_servers import MISMATCHED_HOST, TlsStack, tls_stack
-from workers import streams, workload
-from workers.demo import publish
+from workers import streams
+from workers.publishing import publish
 
 STREAM = "notify:delivery"
 GROUP = "notify-workers"

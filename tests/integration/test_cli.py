@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from contracts import encode_entry
+from devkit import workload
 from tests.helpers import fleet_cli
-from workers import streams, workload
+from workers import streams
 
 STREAM = "notify:delivery"
 

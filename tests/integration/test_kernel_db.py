@@ -15,13 +15,14 @@ import msgspec
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated
 from contracts.notify import NotificationFailed, NotificationSent
 from contracts.scanner import ScanCompleted
+from devkit import workload
 from tests.helpers import metric, poll, resources, running
 from tests.integration.test_vex_worker import ALIAS, VULN, A, B, C, advisory, seed
-from workers import streams, workload
+from workers import streams
 from workers.db import create_pool
-from workers.demo import publish
 from workers.kernel import PgInbox, Tx
 from workers.notify_delivery import NotifyDeliveryWorker
+from workers.publishing import publish
 from workers.scan_metrics import ScanMetricsWorker
 from workers.scan_metrics.tte import ScannerEvent
 from workers.vex_consensus import VexConsensusWorker

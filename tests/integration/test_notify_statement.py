@@ -13,8 +13,8 @@ import pytest
 
 from contracts import Event
 from contracts.notify import ChannelType, NotificationFailed, NotificationSent
+from devkit import workload
 from tests.helpers import resources
-from workers import workload
 from workers.db import array_literal
 from workers.kernel import PgInbox
 from workers.kernel.inbox import apply_new

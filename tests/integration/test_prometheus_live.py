@@ -45,6 +45,8 @@ from prometheus_client import REGISTRY
 
 from contracts import Event, encode_entry
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
+from devkit import workload
+from devkit.embedded import free_port, start_postgres, start_s3, start_valkey
 from tests.helpers import fleet_cli, fleet_process, process_log
 from tests.ops_queries import (
     RULES_DIR,
@@ -54,10 +56,9 @@ from tests.ops_queries import (
     strip_thresholds,
     substitute,
 )
-from workers import metrics, streams, workload
+from workers import metrics, streams
 from workers.app import available_workers, migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
-from workers.embedded import free_port, start_postgres, start_s3, start_valkey
 from workers.settings import load_settings
 
 PROMETHEUS = shutil.which("prometheus")

@@ -11,12 +11,13 @@ import asyncpg
 
 from contracts import Event, encode_entry
 from contracts.notify import NotificationFailed, NotificationSent
+from devkit import workload
 from tests.helpers import metric, poll, resources, running
-from workers import streams, workload
-from workers.demo import publish
+from workers import streams
 from workers.kernel import PgInbox, Stopping, StreamConsumer, Tx
 from workers.notify_delivery import NotifyDeliveryWorker
 from workers.notify_delivery.worker import Delivery
+from workers.publishing import publish
 
 STREAM = "notify:delivery"
 GROUP = "notify-workers"

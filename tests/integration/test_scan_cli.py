@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from contracts.scanner import ScanCompleted, ScanFailed
+from devkit import workload
 from tests.helpers import apply_directly, fleet_cli, resources
-from workers import workload
 from workers.errors import ExitCode
 from workers.scan_metrics import ScanMetricsWorker
 

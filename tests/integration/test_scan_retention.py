@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from devkit import workload
 from tests.helpers import apply_directly, resources
-from workers import workload
 from workers.scan_metrics import ScanMetricsWorker
 from workers.snapshot_retention.service import Snapshots, utcnow
 

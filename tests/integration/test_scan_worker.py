@@ -22,10 +22,11 @@ import pytest
 
 from contracts import Event, encode_entry
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
+from devkit import workload
 from tests.helpers import apply_directly, metric, poll, resources, running
-from workers import streams, workload
+from workers import streams
 from workers.db import Failure, classify
-from workers.demo import publish
+from workers.publishing import publish
 from workers.scan_metrics import ScanMetricsWorker
 
 STREAM = "scanner:events"

@@ -21,9 +21,9 @@ import msgspec
 import pytest
 from aiobotocore.config import AioConfig
 
+from devkit.embedded import free_port, start_s3
 from tests.helpers import fleet_cli, fleet_process, metric, poll, process_log
 from workers import s3 as s3io
-from workers.embedded import free_port, start_s3
 from workers.http import OpsServer
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources

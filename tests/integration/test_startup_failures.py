@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devkit.embedded import free_port
 from tests.helpers import empty_database, fleet_cli, fleet_process, poll, process_log
-from workers.embedded import free_port
 from workers.errors import ExitCode
 
 

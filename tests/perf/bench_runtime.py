@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from devkit import workload
 from tests.perf.harness import bench_settings, bench_stack, compare_worker
-from workers import workload
 from workers.logs import configure_logging
 from workers.notify_delivery import NotifyDeliveryWorker
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts import Event
 from contracts.scanner import ScanCompleted
+from devkit import workload
 from tests.perf.harness import bench_settings, bench_stack, compare_worker
-from workers import workload
 from workers.logs import configure_logging
 from workers.scan_metrics import ScanMetricsWorker
 

@@ -31,9 +31,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
+from devkit.embedded import start_postgres
 from workers.app import migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
-from workers.embedded import start_postgres
 from workers.kernel.worker import Resources
 from workers.settings import load_settings
 from workers.vex_consensus import VexConsensusWorker, service, store

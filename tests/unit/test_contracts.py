@@ -16,7 +16,7 @@ from contracts import DecodeError, decode_event, encode_entry, export
 from contracts.notify import NotificationSent
 from contracts.registry import STREAMS, contract_for_stream
 from contracts.wire import decode_data
-from workers import workload
+from devkit import workload
 
 
 def _sent() -> NotificationSent:

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from contracts import Event
 from contracts.registry import STREAMS
-from contracts.wire import DecodeError, decode_data, decode_event, encode_event
+from contracts.wire import DecodeError, decode_data, decode_event, encode_entry, encode_event
 from workers.cli import parse_publish_lines
 from workers.kernel.handling import triage_for
 from workers.kernel.triage import Triage
@@ -430,7 +430,8 @@ def test_publish_lines_never_raise_and_name_every_bad_line(
         named.append(number)
     assert named == sorted(set(named)) and set(named) <= set(non_blank)
     allowed = set(STREAMS[stream].types_by_name())
-    for entry in entries:
+    for event in entries:
+        entry = encode_entry(event)  # what `fleet publish` sends
         assert set(entry) == {"type", "data"}
         cls = ALL_TYPES[entry["type"].decode()]
         assert entry["type"].decode() in allowed

@@ -14,13 +14,14 @@ import asyncpg
 import fakeredis
 import pytest
 
+from devkit import workload
 from tests.doubles import MemoryInbox
 from tests.helpers import metric, poll, resources, running
-from workers import streams, workload
-from workers.demo import publish
+from workers import streams
 from workers.kernel import Tx, compose
 from workers.kernel.worker import Worker
 from workers.notify_delivery.worker import Delivery
+from workers.publishing import publish
 from workers.settings import load_settings
 
 STREAM = "notify:delivery"

@@ -16,7 +16,7 @@ import pytest
 from contracts import DecodeError, encode_entry
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
 from contracts.wire import decode_data
-from workers import workload
+from devkit import workload
 from workers.scan_metrics.report import parse_window
 from workers.scan_metrics.rows import metrics_id_for, rows_for_batch
 from workers.scan_metrics.tte import (

@@ -28,12 +28,11 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.typing import EncodableT, FieldT
 
 from contracts.vex import ConsensusUpdated
-from contracts.wire import encode_entry
 from workers import metrics
 from workers.db import DbConn
+from workers.publishing import publish
 from workers.vex_consensus import store
 from workers.vex_consensus.consensus import (
     ConsensusOutcome,
@@ -382,13 +381,7 @@ async def publish_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: in
                     # Written by this module, so only a contract limit (e.g. a purl longer
                     # than the contract allows) lands here; it can never be published.
                     log.error("vex.outbox_unpublishable", event_id=str(event_id), error=problem)
-            async with redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    fields: dict[FieldT, EncodableT] = {
-                        k: v for k, v in encode_entry(event).items()
-                    }
-                    pipe.xadd(CONSENSUS_STREAM, fields)
-                await pipe.execute()
+            await publish(redis, CONSENSUS_STREAM, events)
             await store.delete_outbox(conn, [event_id for event_id, _ in rows])
         published += len(events)
         if len(rows) < batch:

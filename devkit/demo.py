@@ -14,40 +14,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from contracts.base import Event
-from contracts.wire import encode_entry
-from workers import streams, workload
+from devkit import workload
+from devkit.embedded import embedded_stack
+from workers import streams
 from workers.app import Fleet, available_workers, migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
-from workers.embedded import embedded_stack
 from workers.errors import FleetError
+from workers.publishing import publish
 from workers.settings import Settings, load_settings
-
-
-async def publish(client: Any, stream: str, events: Iterable[Event], progress: Any = None) -> int:
-    """XADD events in pipelined chunks of 1,000; returns how many were published."""
-    count = 0
-    chunk: list[Event] = []
-
-    async def flush() -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            for event in chunk:
-                pipe.xadd(stream, encode_entry(event))
-            await pipe.execute()
-
-    for event in events:
-        chunk.append(event)
-        if len(chunk) == 1000:
-            await flush()
-            count += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-            chunk = []
-    if chunk:
-        await flush()
-        count += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return count
 
 
 async def wait_consumed(client: Any, groups: list[tuple[str, str]], deadline_s: float) -> bool:
