@@ -18,7 +18,8 @@ from devkit import workload
 from devkit.embedded import embedded_stack
 from workers import streams
 from workers.app import Fleet, available_workers, migration_steps
-from workers.db import create_pool, load_migrations, migrate, schema_dir
+from workers.clients import clients
+from workers.db import load_migrations, migrate, schema_dir
 from workers.errors import FleetError
 from workers.publishing import publish
 from workers.settings import Settings, load_settings
@@ -64,16 +65,18 @@ def run_demo(state_dir: Path, *, scale: float, console: Console) -> None:
 
 
 async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
-    pool = await create_pool(settings, max_size=1)
-    try:
-        async with pool.acquire() as conn:
+    async with clients(settings, need=("valkey", "postgres"), migrated=False) as opened:
+        async with opened.pool.acquire() as conn:
             plan = await migrate(
                 conn, load_migrations(schema_dir(settings)), steps=migration_steps()
             )
         console.print(f"  migrations: {len(plan.pending)} applied now, {len(plan.applied)} before")
-    finally:
-        await pool.close()
+        await _run_fleet(settings, opened.redis, opened.pool, scale=scale, console=console)
 
+
+async def _run_fleet(
+    settings: Settings, client: Any, pool: Any, *, scale: float, console: Console
+) -> None:
     names = available_workers()
     fleet = Fleet(settings, names)
     runner = asyncio.create_task(fleet.run(install_signals=False))
@@ -86,7 +89,6 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
         raise FleetError("the fleet did not start within 60 s")
     console.print(f"  workers: {', '.join(fleet.names)}")
 
-    client = streams.connect(settings)
     try:
         n_notify = max(1, int(10_000 * scale))
         parts: list[tuple[str, Iterable[Event], int]] = [
@@ -97,7 +99,7 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
             ),
         ]
         if "vex-consensus" in fleet.names:
-            parts.append(await _vex_part(settings, client, scale, console))
+            parts.append(await _vex_part(pool, client, scale, console))
         if "scan-metrics" in fleet.names:
             parts.append(_scan_part(scale))
         total = sum(n for _, _, n in parts)
@@ -110,23 +112,20 @@ async def _demo(settings: Settings, *, scale: float, console: Console) -> None:
         if not await wait_consumed(client, groups, deadline_s=90):
             raise FleetError("the workload was not consumed within 90 s; see `fleet status`")
         console.print(f"  consumed {total} events in {time.monotonic() - t0:.1f}s")
-        await _summary(settings, client, groups, console)
+        await _summary(pool, client, groups, console)
         if "vex-consensus" in fleet.names:
-            await _vex_summary(settings, client, console)
+            await _vex_summary(pool, client, console)
         if "scan-metrics" in fleet.names:
-            await _scan_summary(settings, console)
+            await _scan_summary(pool, console)
         for service in fleet.services:
             if getattr(service, "name", None) == "snapshot-retention":
                 await _snapshot_part(service.snapshots, console)
     finally:
         fleet.stop()
         await runner
-        await client.aclose()
 
 
-async def _summary(
-    settings: Settings, client: Any, groups: list[tuple[str, str]], console: Console
-) -> None:
+async def _summary(pool: Any, client: Any, groups: list[tuple[str, str]], console: Console) -> None:
     table = Table(title="streams")
     for column in ("stream", "group", "length", "pending", "lag", "dlq"):
         table.add_column(column)
@@ -141,15 +140,11 @@ async def _summary(
                 str(st.dlq_length),
             )
     console.print(table)
-    pool = await create_pool(settings, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT channel_type, status, count(*) AS n FROM notify.delivery_log "
-                "GROUP BY 1, 2 ORDER BY 1, 2"
-            )
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT channel_type, status, count(*) AS n FROM notify.delivery_log "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
     deliveries = Table(title="notify.delivery_log")
     for column in ("channel", "status", "rows"):
         deliveries.add_column(column)
@@ -162,7 +157,7 @@ async def _summary(
 
 
 async def _vex_part(
-    settings: Settings, client: Any, scale: float, console: Console
+    pool: Any, client: Any, scale: float, console: Console
 ) -> tuple[str, Iterable[Event], int]:
     """Import the demo's VEX documents and trust rows (as ``fleet vex`` would), publish
     the results, and return the advisories for ``concelier:drift``."""
@@ -172,16 +167,12 @@ async def _vex_part(
     started = time.monotonic()
     components = max(20, int(200 * scale))
     documents = [parse_document(data) for _, data in workload.vex_documents(components)]
-    pool = await create_pool(settings, max_size=2)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            trusted = await vex.set_trust(conn, workload.vex_trust())
-            imported = await vex.import_documents(conn, documents)
-        trusted.recompute.observe()
-        imported.recompute.observe()
-        published = await vex.publish_outbox(pool, client)
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn, conn.transaction():
+        trusted = await vex.set_trust(conn, workload.vex_trust())
+        imported = await vex.import_documents(conn, documents)
+    trusted.recompute.observe()
+    imported.recompute.observe()
+    published = await vex.publish_outbox(pool, client)
     console.print(
         f"  vex: {len(documents)} OpenVEX documents from {len(documents)} issuers, "
         f"{imported.inserted} new statements, {published} consensus results published "
@@ -195,21 +186,17 @@ async def _vex_part(
     )
 
 
-async def _vex_summary(settings: Settings, client: Any, console: Console) -> None:
-    pool = await create_pool(settings, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT resolved_status, count(*) AS n, "
-                "count(*) FILTER (WHERE conflict_detected) AS conflicts "
-                "FROM vex.consensus GROUP BY 1 ORDER BY 1"
-            )
-            open_conflicts = await conn.fetchval(
-                "SELECT count(*) FROM vex.consensus_conflicts WHERE resolved_at IS NULL"
-            )
-            waiting = await conn.fetchval("SELECT count(*) FROM vex.consensus_outbox")
-    finally:
-        await pool.close()
+async def _vex_summary(pool: Any, client: Any, console: Console) -> None:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT resolved_status, count(*) AS n, "
+            "count(*) FILTER (WHERE conflict_detected) AS conflicts "
+            "FROM vex.consensus GROUP BY 1 ORDER BY 1"
+        )
+        open_conflicts = await conn.fetchval(
+            "SELECT count(*) FROM vex.consensus_conflicts WHERE resolved_at IS NULL"
+        )
+        waiting = await conn.fetchval("SELECT count(*) FROM vex.consensus_outbox")
     table = Table(title="vex.consensus")
     for column in ("resolved status", "pairs", "with conflict"):
         table.add_column(column)
@@ -237,15 +224,11 @@ def _scan_part(scale: float) -> tuple[str, Iterable[Event], int]:
     return ("scanner:events", events, len(events))
 
 
-async def _scan_summary(settings: Settings, console: Console) -> None:
+async def _scan_summary(pool: Any, console: Console) -> None:
     from workers.scan_metrics.report import render, tte_report
 
-    pool = await create_pool(settings, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            report = await tte_report(conn, tenant_id=None, since=None)
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn:
+        report = await tte_report(conn, tenant_id=None, since=None)
     for table in render(report, title="Scan Time-to-Evidence"):
         console.print(table)
 

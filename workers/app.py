@@ -1,51 +1,45 @@
-"""Process wiring: the one place that opens clients, starts workers and closes them.
+"""Process wiring for ``fleet run``: the worker registry, starting workers, stopping them.
 
-Start-up order: settings → Valkey client (pinged) → PostgreSQL pool → S3 client
-(when a worker needs one) → workers → ops HTTP endpoint. Shutdown stops the
-workers (each drains within the grace period), then closes in reverse order.
+Start-up order: settings → the HTTP port → clients (:func:`workers.clients.clients`:
+Valkey pinged, PostgreSQL pool, migrations checked, S3 when a worker needs it) →
+workers → ops HTTP endpoint. Shutdown stops the workers (each drains within the grace
+period), then closes in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import asyncpg
 import structlog
 
-from workers import streams
-from workers.db import (
-    DataStep,
-    Failure,
-    classify,
-    create_pool,
-    load_migrations,
-    require_migrated,
-    schema_dir,
-)
-from workers.errors import ConfigError, ExitCode, error_text
+from workers.clients import clients
+from workers.db import DataStep
+from workers.errors import ConfigError, ExitCode
 from workers.http import OpsServer, bind
 from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
 from workers.kernel.lease import ConsumerLease
 from workers.kernel.worker import Resources, Worker
-from workers.settings import Settings, redact_url
+from workers.notify_delivery import NotifyDeliveryWorker
+from workers.scan_metrics import ScanMetricsWorker
+from workers.settings import Settings
+from workers.snapshot_retention import SnapshotRetentionService
+from workers.vex_consensus import VexConsensusWorker
 from workers.vex_consensus.migration import canonicalize_stored_purls
 
 log = structlog.get_logger("workers.app")
 
 T = TypeVar("T")
 
-WORKERS: dict[str, str] = {
-    "scan-metrics": "workers.scan_metrics:ScanMetricsWorker",
-    "vex-consensus": "workers.vex_consensus:VexConsensusWorker",
-    "notify-delivery": "workers.notify_delivery:NotifyDeliveryWorker",
-    "snapshot-retention": "workers.snapshot_retention:SnapshotRetentionService",
+WORKERS: dict[str, type[Any]] = {
+    "scan-metrics": ScanMetricsWorker,
+    "vex-consensus": VexConsensusWorker,
+    "notify-delivery": NotifyDeliveryWorker,
+    "snapshot-retention": SnapshotRetentionService,
 }
 """Worker names accepted by ``fleet run``, mapped to their implementation."""
 
@@ -65,60 +59,17 @@ class Service(Protocol):
 
 
 def available_workers() -> list[str]:
-    """Worker names whose implementation is importable in this build."""
-    found = []
-    for name, target in WORKERS.items():
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, attr):
-            found.append(name)
-    return found
+    """Worker names accepted by ``fleet run``."""
+    return list(WORKERS)
 
 
 def resolve(names: list[str]) -> list[Any]:
-    """Worker classes for ``names`` (all available workers when empty)."""
-    chosen = names or available_workers()
-    classes = []
-    for name in chosen:
-        target = WORKERS.get(name)
-        if target is None or name not in available_workers():
-            known = ", ".join(available_workers())
-            raise ConfigError(f"unknown worker {name!r} (known: {known})", ExitCode.USAGE)
-        module_name, attr = target.split(":")
-        classes.append(getattr(importlib.import_module(module_name), attr))
-    return classes
-
-
-@contextlib.asynccontextmanager
-async def open_resources(settings: Settings, *, need_s3: bool) -> AsyncIterator[Resources]:
-    redis = streams.connect(settings)
-    try:
-        await streams.ping(redis, settings)
-        pool = await create_pool(settings, max_size=max(4, settings.concurrency + 2))
-        try:
-            resources = Resources(settings=settings, redis=redis, pool=pool)
-            if need_s3:
-                from workers.s3 import S3Error, open_s3
-
-                async with contextlib.AsyncExitStack() as stack:
-                    try:
-                        resources.s3 = await stack.enter_async_context(open_s3(settings))
-                    except S3Error as exc:
-                        raise ConfigError(
-                            f"{exc} (snapshot-retention needs S3: set FLEET_S3_ENDPOINT_URL "
-                            "and AWS credentials, or name only the stream workers to `fleet run`)",
-                            ExitCode.S3,
-                        ) from None
-                    yield resources
-            else:
-                yield resources
-        finally:
-            await pool.close()
-    finally:
-        await redis.aclose()
+    """Worker classes for ``names`` (every worker when empty)."""
+    unknown = [name for name in names if name not in WORKERS]
+    if unknown:
+        known = ", ".join(WORKERS)
+        raise ConfigError(f"unknown worker {unknown[0]!r} (known: {known})", ExitCode.USAGE)
+    return [WORKERS[name] for name in names or WORKERS]
 
 
 @dataclass
@@ -174,11 +125,12 @@ class Fleet:
         # The port first: taken, it is one line and an immediate exit.
         sock = bind(settings.http_host, settings.http_port)
         leases: list[ConsumerLease] = []
+        need = ("valkey", "postgres", "s3") if need_s3 else ("valkey", "postgres")
         try:
-            async with open_resources(settings, need_s3=need_s3) as resources:
-                assert resources.pool is not None  # open_resources always opens the pool
-                await _check_migrated(resources.pool, settings)
-                await self._serve(resources, classes, leases, sock)
+            async with clients(
+                settings, need=need, pool_size=max(4, settings.concurrency + 2)
+            ) as opened:
+                await self._serve(opened.resources(), classes, leases, sock)
         finally:
             sock.close()
 
@@ -260,39 +212,6 @@ class Fleet:
             for lease in leases:
                 await lease.release()
         log.info("fleet.stopped")
-
-
-async def _check_migrated(pool: Any, settings: Settings, attempts: int = 5) -> None:
-    """Refuse an unmigrated database; a connection lost meanwhile is retried a few times,
-    then reported in one line (:attr:`ExitCode.POSTGRES`)."""
-    where = redact_url(settings.database_url)
-    for attempt in range(1, attempts + 1):
-        try:
-            async with pool.acquire() as conn:
-                await require_migrated(conn, load_migrations(schema_dir(settings)), where)
-            return
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            if classify(exc) is not Failure.OUTAGE or attempt == attempts:
-                raise ConfigError(
-                    f"PostgreSQL at {where}: {error_text(exc)}", ExitCode.POSTGRES
-                ) from None
-            await asyncio.sleep(0.2 * 2**attempt)  # backoff before the next attempt
-
-
-def run_event_loop(
-    main: Coroutine[Any, Any, T], kind: Literal["uvloop", "asyncio"] = "uvloop"
-) -> T:
-    """Run ``main`` to completion on a new event loop: uvloop when asked for and
-    installed (its transports and scheduling cost the consumer about a tenth less CPU
-    per event than the standard loop's), else asyncio's."""
-    if kind == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(main)
-    return asyncio.run(main)
 
 
 _early_stop = False

@@ -28,7 +28,7 @@ with atheris.instrument_imports():
     from contracts.registry import STREAMS
     from contracts.wire import DecodeError, decode_event
     from workers.app import WORKERS, available_workers, resolve
-    from workers.cli import parse_publish_lines
+    from workers.cli.publish import parse_publish_lines
     from workers.kernel.handling import triage_for
     from workers.kernel.worker import Resources, Worker
     from workers.settings import load_settings

@@ -69,6 +69,63 @@ def test_a_start_up_failure_is_one_line_and_its_own_exit_code(
     assert took < 25, "waited for the shutdown grace period"
 
 
+# Every subcommand opens its servers through the same clients() context, so the same
+# kinds of failure end the same way: one line naming the server and what to do.
+UNREACHABLE_VALKEY = {"FLEET_VALKEY_URL": "redis://127.0.0.1:1/0"}
+UNREACHABLE_POSTGRES = {"FLEET_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+UNREACHABLE_S3 = {"FLEET_S3_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1"}
+SUBCOMMAND_CASES = {
+    "status/valkey": (UNREACHABLE_VALKEY, ["status"], ExitCode.VALKEY, "FLEET_VALKEY_URL"),
+    "dlq/valkey": (
+        UNREACHABLE_VALKEY,
+        ["dlq", "list", "notify:delivery"],
+        ExitCode.VALKEY,
+        "FLEET_VALKEY_URL",
+    ),
+    "migrate/postgres": (
+        UNREACHABLE_POSTGRES,
+        ["migrate", "--check"],
+        ExitCode.POSTGRES,
+        "FLEET_DATABASE_URL",
+    ),
+    "tte/postgres": (UNREACHABLE_POSTGRES, ["tte"], ExitCode.POSTGRES, "FLEET_DATABASE_URL"),
+    "vex/postgres": (
+        UNREACHABLE_POSTGRES,
+        ["vex", "trust", "list"],
+        ExitCode.POSTGRES,
+        "FLEET_DATABASE_URL",
+    ),
+    "snapshots/s3": (
+        UNREACHABLE_S3,
+        ["snapshots", "retention"],
+        ExitCode.S3,
+        "FLEET_S3_ENDPOINT_URL",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBCOMMAND_CASES))
+def test_a_subcommand_whose_server_is_unavailable_says_so_in_one_line(
+    case: str, valkey_url: str, database_url: str
+) -> None:
+    extra, args, code, what_to_do = SUBCOMMAND_CASES[case]
+    result = fleet_cli(_env(valkey_url, database_url, **extra), *args, timeout=60)
+    line = _one_line_error(result.stderr)
+    assert result.returncode == code, (result.returncode, line)
+    assert what_to_do in line, line
+
+
+@pytest.mark.parametrize("args", [["tte"], ["snapshots", "list"], ["vex", "trust", "list"]])
+async def test_a_subcommand_on_an_unmigrated_database_names_fleet_migrate(
+    args: list[str], valkey_url: str, database_url: str
+) -> None:
+    empty = await empty_database(database_url, "fleet_unmigrated_cli")
+    result = fleet_cli(_env(valkey_url, empty), *args, timeout=60)
+    line = _one_line_error(result.stderr)
+    assert result.returncode == ExitCode.UNMIGRATED, line
+    assert "run `fleet migrate` first" in line
+
+
 async def test_an_unmigrated_database_is_refused_naming_fleet_migrate(
     valkey_url: str, database_url: str
 ) -> None:

@@ -41,13 +41,13 @@ from contracts import Event
 from devkit.embedded import start_postgres, start_valkey
 from tests.helpers import migrated_database
 from workers import streams
-from workers.app import run_event_loop
 from workers.db import create_pool
 from workers.kernel import NoInbox, PgInbox, StreamConsumer, Tx, tune_gc
 from workers.kernel.inbox import Inbox, Statement
 from workers.kernel.worker import Resources, Worker
 from workers.publishing import publish
 from workers.settings import Settings, load_settings
+from workers.shell import run_event_loop
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from contracts import Event
 from contracts.registry import STREAMS
 from contracts.wire import DecodeError, decode_data, decode_event, encode_entry, encode_event
-from workers.cli import parse_publish_lines
+from workers.cli.publish import parse_publish_lines
 from workers.kernel.handling import triage_for
 from workers.kernel.triage import Triage
 from workers.kernel.worker import Resources, Worker

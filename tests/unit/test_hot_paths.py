@@ -16,10 +16,10 @@ import redis.exceptions as redis_exc
 from prometheus_client import CollectorRegistry, Histogram
 
 from workers import metrics, streams
-from workers.app import run_event_loop
 from workers.errors import ConfigError
 from workers.kernel import inbox, process, triage
 from workers.settings import load_settings
+from workers.shell import run_event_loop
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,125 +1,117 @@
 """The house's layers, lowest first: contracts <- kernel <- worker packages <- cli/app <-
-dev kit. A module imports from its own layer or lower ones, never upward (lazy imports
-inside functions included)."""
+dev kit (docs/architecture.md). import-linter checks them (`lint-imports`, contracts in
+pyproject.toml); these tests prove that every module is placed in a layer, that the
+check passes on the tree, and that it fails on a deliberate upward import."""
 
 from __future__ import annotations
 
-import ast
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("contracts", ("contracts",)),
-    (
-        "kernel",
-        (
-            "workers.kernel",
-            "workers.streams",
-            "workers.db",
-            "workers.settings",
-            "workers.metrics",
-            "workers.errors",
-            "workers.logs",
-            "workers.s3",
-            "workers.http",
-            "workers.netio",
-            "workers",  # the package itself: `from workers import metrics` names a module
-        ),
-    ),
-    (
-        "worker packages",
-        (
-            "workers.notify_delivery",
-            "workers.scan_metrics",
-            "workers.vex_consensus",
-            "workers.snapshot_retention",
-        ),
-    ),
-    ("cli/app", ("workers.app", "workers.cli", "workers.__main__", "workers.top")),
-    ("dev kit", ("devkit",)),
+PACKAGES = ("contracts", "workers", "devkit")
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+    "importlinter"
+]
+[LAYERS_CONTRACT] = [c for c in CONFIG["contracts"] if c["id"] == "layers"]
+# Highest layer first, as import-linter lists them; each layer names its modules.
+LAYERS: list[list[str]] = [
+    [name.strip() for name in layer.replace("|", ":").split(":")]
+    for layer in LAYERS_CONTRACT["layers"]
 ]
 
 
-_CLI_HELPERS = "the CLI's shared helpers (errors, output, settings) live in workers.cli"
-# Known upward imports still to be untangled, each with its reason. The kernel and the
-# contracts have none.
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("workers.cli", "devkit.demo"): "`fleet demo` starts the dev kit",
-    ("workers.scan_metrics.cli", "workers.cli"): "the CLI's shared helpers live in workers.cli",
-    ("workers.vex_consensus.cli", "workers.cli"): "the CLI's shared helpers live in workers.cli",
-    (
-        "workers.snapshot_retention.cli",
-        "workers.cli",
-    ): "the CLI's shared helpers live in workers.cli",
-}
-
-
 def layer_of(module: str) -> int:
-    """The layer of a dotted module name: the longest matching prefix decides."""
+    """The layer's index, lowest (contracts) = 0; -1 when the module is in none. The
+    longest matching prefix decides."""
     best, best_len = -1, -1
-    for index, (_, prefixes) in enumerate(LAYERS):
-        for prefix in prefixes:
+    for index, names in enumerate(reversed(LAYERS)):
+        for prefix in names:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     return best
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "workers":
-                found.extend(f"workers.{alias.name}" for alias in node.names)
-            else:
-                found.append(node.module)
-    return [name for name in found if name.split(".")[0] in ("contracts", "workers", "devkit")]
+SOURCES = sorted(p for package in PACKAGES for p in ROOT.joinpath(package).rglob("*.py"))
 
 
-SOURCES = sorted(
-    [
-        *ROOT.joinpath("contracts").rglob("*.py"),
-        *ROOT.joinpath("workers").rglob("*.py"),
-        *ROOT.joinpath("devkit").rglob("*.py"),
-    ]
-)
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` on the tree under ``root``, with the project's contracts."""
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, "
+        "no_cache=True, no_logo=True))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_every_module_has_a_layer() -> None:
-    unplaced = [_module_name(p) for p in SOURCES if layer_of(_module_name(p)) < 0]
+    """A module outside every layer would escape the check: place it in pyproject.toml."""
+    unplaced = [
+        _module_name(p)
+        for p in SOURCES
+        if _module_name(p) not in PACKAGES and layer_of(_module_name(p)) < 0
+    ]
     assert not unplaced
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_nothing_imports_upward(path: Path) -> None:
-    module = _module_name(path)
-    here = layer_of(module)
-    upward = [
-        f"{name} ({LAYERS[layer_of(name)][0]})"
-        for name in _imports(path)
-        if layer_of(name) > here and (module, name) not in KNOWN_UPWARD
-    ]
-    assert not upward, f"{module} ({LAYERS[here][0]}) imports upward: {upward}"
-
-
-def test_the_kernel_and_the_contracts_have_no_exceptions() -> None:
-    assert all(layer_of(module) >= 2 for module, _ in KNOWN_UPWARD)
-
-
 def test_the_layers_are_in_order() -> None:
+    assert layer_of("contracts.wire") < layer_of("workers.kernel.consumer")
     assert layer_of("workers.kernel.consumer") < layer_of("workers.vex_consensus.worker")
+    assert layer_of("workers.shell") < layer_of("workers.vex_consensus.cli")
     assert layer_of("workers.vex_consensus.worker") < layer_of("workers.app")
+    assert layer_of("workers.cli.publish") == layer_of("workers.app")
     assert layer_of("workers.app") < layer_of("devkit.demo")
-    assert layer_of("workers") == layer_of("workers.streams")
+
+
+def test_the_tree_keeps_the_import_contracts() -> None:
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "imports"),
+    [
+        ("workers/kernel/probe_upward.py", "from workers.app import WORKERS"),
+        ("workers/kernel/probe_devkit.py", "import devkit.workload"),
+        ("workers/scan_metrics/probe_sideways.py", "from workers.vex_consensus import store"),
+        ("contracts/probe_upward.py", "import workers.settings"),
+    ],
+    ids=["kernel->app", "kernel->devkit", "worker->worker", "contracts->kernel"],
+)
+def test_an_upward_or_sideways_import_breaks_the_check(
+    tmp_path: Path, module: str, imports: str
+) -> None:
+    """The same check on a copy of the tree with one deliberate bad import fails, and
+    names the importing module."""
+    for package in PACKAGES:
+        shutil.copytree(
+            ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    probe = tmp_path / module
+    probe.write_text(f'"""A deliberate layering violation."""\n\n{imports}\n', encoding="utf-8")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BROKEN" in result.stdout
+    assert _module_name(probe, tmp_path) in result.stdout, result.stdout

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from workers.cli.top import Sample, frame, render
 from workers.streams import GroupStatus
-from workers.top import Sample, frame, render
 
 
 def _status(lag: int | None, dlq: int, *, estimated: bool = False) -> GroupStatus:

@@ -16,14 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import asyncpg
 import msgspec
 import typer
 from rich.table import Table
 
-from workers.db import create_pool
+from workers.clients import clients
+from workers.errors import ExitCode
 from workers.logs import configure_logging
 from workers.settings import Settings
+from workers.shell import echo_json, err, fail, out, run_async, settings
 from workers.snapshot_retention import core
 from workers.snapshot_retention.core import RetentionHold, RollbackTrigger, SnapshotState
 from workers.snapshot_retention.service import ActiveRead, RetentionReport, Snapshots, utcnow
@@ -37,13 +38,9 @@ hold_app = typer.Typer(help="Retention holds (audit exceptions).", no_args_is_he
 app.add_typer(audit_app, name="audit")
 app.add_typer(hold_app, name="hold")
 
-# workers.cli mounts ``app`` while it is being imported, so when this module is imported
-# first, ``app`` must exist before workers.cli is imported.
-from workers.cli import CliError, err, fail, out, run_async, settings  # noqa: E402 - see above
-
 T = TypeVar("T")
 
-EXIT_USAGE = 2
+EXIT_USAGE = ExitCode.USAGE
 
 
 def _default_actor() -> str:
@@ -84,23 +81,10 @@ def _tool(value: str) -> str:
         raise fail(str(exc), EXIT_USAGE) from None
 
 
-def _echo_json(value: object) -> None:
-    typer.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
 @contextlib.asynccontextmanager
 async def _snapshots(cfg: Settings, *, s3: bool) -> AsyncIterator[Snapshots]:
-    pool = await create_pool(cfg, max_size=2)
-    try:
-        if s3:
-            from workers.s3 import open_s3
-
-            async with open_s3(cfg) as client:
-                yield Snapshots(cfg, pool, client)
-        else:
-            yield Snapshots(cfg, pool, None)
-    finally:
-        await pool.close()
+    async with clients(cfg, need=("postgres", "s3") if s3 else ("postgres",)) as opened:
+        yield Snapshots(cfg, opened.pool, opened.s3 if s3 else None)
 
 
 def _run(work: Callable[[Snapshots], Coroutine[Any, Any, T]], *, s3: bool = False) -> T:
@@ -111,13 +95,8 @@ def _run(work: Callable[[Snapshots], Coroutine[Any, Any, T]], *, s3: bool = Fals
     configure_logging("debug" if cfg.log_level == "debug" else "critical", cfg.log_format)
 
     async def go() -> T:
-        try:
-            async with _snapshots(cfg, s3=s3) as snapshots:
-                return await work(snapshots)
-        except asyncpg.UndefinedTableError:
-            raise CliError("the snapshot tables do not exist; run `fleet migrate`") from None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise CliError(f"PostgreSQL: {exc}") from None
+        async with _snapshots(cfg, s3=s3) as snapshots:
+            return await work(snapshots)
 
     return run_async(go)
 
@@ -139,7 +118,7 @@ def list_snapshots(
 
     found = _run(work)
     if as_json:
-        _echo_json({"snapshots": found})
+        echo_json({"snapshots": found})
         return
     table = Table(title=f"feed snapshots ({len(found)})")
     for column in ("id", "state", "version", "imported", "records", "normalized hash"):
@@ -175,7 +154,7 @@ def show(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id.")]) -> No
     found, trail = _run(work)
     if found is None:
         raise fail(f"snapshot {snapshot_id} does not exist")
-    _echo_json({**msgspec.to_builtins(found), "audit": [core.audit_response(r) for r in trail]})
+    echo_json({**msgspec.to_builtins(found), "audit": [core.audit_response(r) for r in trail]})
 
 
 # ---------------------------------------------------------------------------- import
@@ -283,7 +262,7 @@ def rollback(
 
     result = _run(work, s3=True).rollback
     if as_json:
-        _echo_json({"rollback": result})
+        echo_json({"rollback": result})
         return
     before = "nothing" if result.from_ is None else result.from_.snapshot_id
     verb = "dry run: would roll back" if dry_run else "rolled back"
@@ -355,7 +334,7 @@ def sla(
 
     body = _run(work)
     if as_json:
-        _echo_json(body)
+        echo_json(body)
         return
     entries = body.sla if isinstance(body.sla, list) else [body.sla]
     table = Table(title="snapshot freshness")
@@ -404,7 +383,7 @@ def retention(
 
     report = _run(work, s3=not dry_run)
     if as_json:
-        _echo_json(report)
+        echo_json(report)
     else:
         _print_retention(report)
     if report.failed:
@@ -482,7 +461,7 @@ def hold_list(as_json: JsonOpt = False) -> None:
 
     holds = _run(work)
     if as_json:
-        _echo_json(holds)
+        echo_json(holds)
         return
     at = utcnow()
     for h in holds:
@@ -529,7 +508,7 @@ def audit_list(
 
     records = _run(work)
     if as_json:
-        _echo_json([core.audit_response(r) for r in records])
+        echo_json([core.audit_response(r) for r in records])
         return
     table = Table(title=f"snapshot audit ({len(records)})")
     for column in ("id", "event", "time", "user", "snapshot", "reason", "hash"):

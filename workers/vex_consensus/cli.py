@@ -10,8 +10,7 @@ Bad input ends with one ``error: ...`` line and a non-zero exit.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -23,6 +22,10 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from workers.clients import clients
+from workers.errors import ConfigError, ExitCode
+from workers.logs import configure_logging
+from workers.shell import CliError, echo_json, err, fail, first_line, out, run_async, settings
 from workers.vex_consensus import service, store
 from workers.vex_consensus.consensus import (
     ISSUER_TYPES,
@@ -46,18 +49,7 @@ trust_app = typer.Typer(
 )
 app.add_typer(trust_app, name="trust")
 
-# workers.cli mounts ``app`` while it is being imported, so when this module is imported
-# first, ``app`` must exist before workers.cli is imported.
-from workers.cli import CliError, err, fail, out, run_async, settings  # noqa: E402 - see above
-from workers.db import create_pool  # noqa: E402 - imported with the CLI helpers above
-from workers.errors import ConfigError  # noqa: E402
-from workers.logs import configure_logging  # noqa: E402
-from workers.settings import Settings  # noqa: E402
-from workers.streams import connect, ping  # noqa: E402
-
 T = TypeVar("T")
-
-EXIT_USAGE = 2
 _PRIORITY_MAX = 2**31 - 1
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -67,50 +59,27 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def _run(work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` with a pool; database failures become one line."""
+    """Run ``work`` with a pool from :func:`workers.clients.clients` (its one-line errors)."""
     cfg = settings()
     # The command prints its own outcome; log lines would repeat it, except when debugging.
     configure_logging("debug" if cfg.log_level == "debug" else "critical", cfg.log_format)
 
     async def go() -> T:
-        try:
-            async with _pool(cfg) as pool:
-                return await work(pool)
-        except asyncpg.UndefinedTableError:
-            raise CliError("the vex tables do not exist; run `fleet migrate`") from None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise CliError(f"PostgreSQL: {_first_line(exc)}") from None
+        async with clients(cfg, need=("postgres",)) as opened:
+            return await work(opened.pool)
 
     return run_async(go)
 
 
-@contextlib.asynccontextmanager
-async def _pool(cfg: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(cfg, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 async def _publish(pool: asyncpg.Pool) -> tuple[int, str | None]:
     """Publish the outbox; (events published, why publishing was deferred or None)."""
-    cfg = settings()
-    client = connect(cfg)
     try:
-        await ping(client, cfg)
-        return await service.publish_outbox(pool, client), None
+        async with clients(settings(), need=("valkey",)) as opened:
+            return await service.publish_outbox(pool, opened.redis), None
     except ConfigError as exc:
         return 0, str(exc)
     except redis_exc.RedisError as exc:
-        return 0, f"Valkey: {_first_line(exc)}"
-    finally:
-        await client.aclose()
+        return 0, f"Valkey: {first_line(exc)}"
 
 
 def _published_line(published: int, deferred: str | None, pending: int) -> str:
@@ -122,19 +91,15 @@ def _published_line(published: int, deferred: str | None, pending: int) -> str:
     )
 
 
-def _echo_json(value: object) -> None:
-    typer.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
 # ------------------------------------------------------------------ import
 
 
 def _parse_files(files: list[Path]) -> list[tuple[Path, ParsedDocument]]:
     for path in files:
         if path.is_dir():
-            raise fail(f"{path}: is a directory, not a VEX document", EXIT_USAGE)
+            raise fail(f"{path}: is a directory, not a VEX document", ExitCode.USAGE)
         if not path.is_file():
-            raise fail(f"{path}: no such file", EXIT_USAGE)
+            raise fail(f"{path}: no such file", ExitCode.USAGE)
     parsed: list[tuple[Path, ParsedDocument]] = []
     with Progress(console=err, transient=True, disable=len(files) < 2) as progress:
         task = progress.add_task("validating documents", total=len(files))
@@ -175,7 +140,7 @@ def import_documents(
                 except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     _print_lines(lines)  # the files before this one are imported
                     raise CliError(
-                        f"{path}: PostgreSQL refused the document: {_first_line(exc)}; "
+                        f"{path}: PostgreSQL refused the document: {first_line(exc)}; "
                         "nothing from this file was imported"
                     ) from None
                 report.recompute.observe()
@@ -373,10 +338,10 @@ def show(
     try:
         component_purl = canonical_purl(purl)
     except PurlError as exc:
-        raise fail(f"PURL: {exc}", EXIT_USAGE) from None
+        raise fail(f"PURL: {exc}", ExitCode.USAGE) from None
     vulnerability = vulnerability.strip()
     if not vulnerability:
-        raise fail("VULN must not be blank", EXIT_USAGE)
+        raise fail("VULN must not be blank", ExitCode.USAGE)
     pair: Pair = (component_purl, vulnerability)
 
     async def work(pool: asyncpg.Pool) -> _Shown:
@@ -390,7 +355,7 @@ def show(
 
     shown = _run(work)
     if as_json:
-        _echo_json(shown)
+        echo_json(shown)
         return
     _print_shown(shown)
 
@@ -499,7 +464,7 @@ def trust_set(
     try:
         row = parse_trust(issuer, score, priority, issuer_type)
     except ValueError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), ExitCode.USAGE) from None
 
     async def work(pool: asyncpg.Pool) -> tuple[service.TrustReport, str]:
         async with pool.acquire() as conn, conn.transaction():
@@ -532,7 +497,7 @@ def trust_list(as_json: JsonOpt = False) -> None:
 
     rows = _run(work)
     if as_json:
-        _echo_json(
+        echo_json(
             [
                 {
                     "issuer_id": r.issuer_id,

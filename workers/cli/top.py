@@ -13,11 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+from rich.live import Live
 from rich.table import Table
 
 from workers import streams
+from workers.cli.options import StreamOpt, streams_for
+from workers.clients import clients
+from workers.shell import out, run_async, settings
+
+app = typer.Typer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +132,32 @@ async def frames(client: Any, names: list[str], interval: float) -> Any:
         after = await sample(client, names)
         yield render(frame(before, after))
         before = after
+
+
+# ------------------------------------------------------------------ the command
+
+
+@app.command()
+def top(
+    stream: StreamOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes (and samples).")
+    ] = 1.0,
+) -> None:
+    """Live view per stream and group: rates in and out, lag, pending, consumers, DLQ."""
+    names = streams_for(stream)
+    cfg = settings()
+
+    async def go() -> None:
+        async with clients(cfg, need=("valkey",)) as opened:
+            client = opened.redis
+            shown = frames(client, names, interval)
+            if once:
+                out.print(await anext(shown))
+                return
+            with Live(console=out, auto_refresh=False) as live:
+                async for table in shown:
+                    live.update(table, refresh=True)
+
+    run_async(go)

@@ -1,0 +1,32 @@
+"""Arguments several root commands share: a stream name, checked against the contracts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from contracts.registry import STREAMS, contract_for_stream
+from workers.errors import ExitCode
+from workers.shell import fail
+
+StreamOpt = Annotated[
+    str | None, typer.Option("--stream", "-s", help="One stream (default: every consumed stream).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def check_stream(stream: str) -> None:
+    """A usage error (exit 2) unless ``stream`` is one of the contracts' streams."""
+    try:
+        contract_for_stream(stream)
+    except KeyError as exc:
+        raise fail(str(exc.args[0]), ExitCode.USAGE) from None
+
+
+def streams_for(stream: str | None) -> list[str]:
+    """``[stream]`` (checked), or every stream a worker group consumes."""
+    if stream is None:
+        return [s for s, c in STREAMS.items() if c.default_group]
+    check_stream(stream)
+    return [stream]

@@ -1,0 +1,60 @@
+"""``fleet status``: per stream and group, length, lag, pending, consumers, dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import typer
+from rich.table import Table
+
+from workers import streams
+from workers.cli.options import JsonOpt, StreamOpt, streams_for
+from workers.clients import clients
+from workers.shell import out, run_async, settings
+
+app = typer.Typer()
+
+
+@app.command()
+def status(
+    stream: StreamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length."""
+    names = streams_for(stream)
+    cfg = settings()
+
+    async def go() -> list[streams.GroupStatus]:
+        rows: list[streams.GroupStatus] = []
+        async with clients(cfg, need=("valkey",)) as opened:
+            client = opened.redis
+            for name in names:
+                found = await streams.group_statuses(client, name)
+                if not found:
+                    length = int(await client.xlen(name))
+                    dlq = int(await client.xlen(streams.dlq_name(name)))
+                    found = [streams.GroupStatus(name, "-", length, None, 0, 0.0, 0, dlq, "-")]
+                rows.extend(found)
+        return rows
+
+    rows = run_async(go)
+    if as_json:
+        out.print_json(json.dumps([msgspec.to_builtins(r) for r in rows]))
+        return
+    table = Table(title="streamfleet status")
+    for column in ("stream", "group", "length", "lag", "pending", "oldest pending", "consumers"):
+        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+    table.add_column("dlq", justify="right")
+    for r in rows:
+        table.add_row(
+            r.stream,
+            r.group,
+            str(r.length),
+            "?" if r.lag is None else (f">={r.lag}" if r.lag_estimated else str(r.lag)),
+            str(r.pending),
+            f"{r.oldest_pending_age_seconds:.1f}s",
+            str(r.consumers),
+            str(r.dlq_length),
+        )
+    out.print(table)
