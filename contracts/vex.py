@@ -28,6 +28,3 @@ class ConsensusUpdated(Event, frozen=True, kw_only=True, tag="vex.consensus.upda
     digest: str | None = None
     computed_at: UtcDateTime
     reason: str
-
-
-VexEvent = ConsensusUpdated

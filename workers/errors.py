@@ -1,8 +1,8 @@
 """Exceptions that tell the runtime what to do with an entry.
 
 - :class:`Permanent`: the event can never succeed; dead-letter it now with ``reason``.
-- :class:`Retryable`: leave the entry pending; it is redelivered until ``max_deliveries``.
-- Anything unexpected is treated as retryable.
+- Anything else a worker raises leaves the entry pending; it is redelivered until
+  ``max_deliveries``.
 - :class:`ConfigError`: the process cannot start (bad configuration, a server it cannot
   reach, an unmigrated database, a taken port); it stops with one line and the
   :class:`ExitCode` the error names.
@@ -55,10 +55,6 @@ class Permanent(FleetError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-class Retryable(FleetError):
-    """Leave the entry pending for redelivery."""
 
 
 _MAX_ERROR_TEXT = 500

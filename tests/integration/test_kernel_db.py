@@ -14,7 +14,7 @@ import msgspec
 
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated
 from contracts.notify import NotificationFailed, NotificationSent
-from contracts.scanner import ScanCompleted
+from contracts.scanner import ScanCompleted, ScannerEvent
 from devkit import workload
 from tests.helpers import metric, poll, resources, running
 from tests.integration.test_vex_worker import ALIAS, VULN, A, B, C, advisory, seed
@@ -24,7 +24,6 @@ from workers.kernel import PgInbox, Tx
 from workers.notify_delivery import NotifyDeliveryWorker
 from workers.publishing import publish
 from workers.scan_metrics import ScanMetricsWorker
-from workers.scan_metrics.tte import ScannerEvent
 from workers.vex_consensus import VexConsensusWorker
 from workers.vex_consensus.service import RecomputeReport
 from workers.vex_consensus.store import lock_bucket

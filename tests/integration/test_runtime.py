@@ -10,13 +10,12 @@ from typing import Any, ClassVar
 import asyncpg
 
 from contracts import Event, encode_entry
-from contracts.notify import NotificationFailed, NotificationSent
+from contracts.notify import NotificationFailed, NotificationSent, NotifyEvent
 from devkit import workload
 from tests.helpers import metric, poll, resources, running
 from workers import streams
 from workers.kernel import PgInbox, Stopping, StreamConsumer, Tx
 from workers.notify_delivery import NotifyDeliveryWorker
-from workers.notify_delivery.worker import Delivery
 from workers.publishing import publish
 
 STREAM = "notify:delivery"
@@ -176,7 +175,7 @@ class Flaky(NotifyDeliveryWorker):
     poison: ClassVar[set[uuid.UUID]] = set()
     transient_left: ClassVar[dict[uuid.UUID, int]] = {}
 
-    async def apply(self, tx: Tx, events: Sequence[Delivery]) -> None:
+    async def apply(self, tx: Tx, events: Sequence[NotifyEvent]) -> None:
         for e in events:
             if not isinstance(e, NotificationSent | NotificationFailed):
                 continue
@@ -331,7 +330,7 @@ class Slow(NotifyDeliveryWorker):
     seconds: ClassVar[float] = 1.5
     calls: ClassVar[list[int]] = []
 
-    async def apply(self, tx: Tx, events: Sequence[Delivery]) -> None:
+    async def apply(self, tx: Tx, events: Sequence[NotifyEvent]) -> None:
         self.calls.append(len(events))
         await asyncio.sleep(self.seconds)  # the slow handler under test, not synchronisation
         return await super().apply(tx, events)

@@ -14,13 +14,13 @@ import asyncpg
 import fakeredis
 import pytest
 
+from contracts.notify import NotifyEvent
 from devkit import workload
 from tests.doubles import MemoryInbox
 from tests.helpers import metric, poll, resources, running
 from workers import streams
 from workers.kernel import Tx, compose
 from workers.kernel.worker import Worker
-from workers.notify_delivery.worker import Delivery
 from workers.publishing import publish
 from workers.settings import load_settings
 
@@ -29,7 +29,7 @@ GROUP = "notify-workers"
 EFFECT = compose("effect AS (SELECT 1)\nSELECT")
 
 
-class Scripted(Worker[Delivery, list[uuid.UUID]]):
+class Scripted(Worker[NotifyEvent, list[uuid.UUID]]):
     """Applies a batch as one composed statement; fails as its script says."""
 
     name: ClassVar[str] = "scripted"
@@ -43,7 +43,7 @@ class Scripted(Worker[Delivery, list[uuid.UUID]]):
         self.after_commit_fails = 0
         self.gate: asyncio.Barrier | None = None
 
-    async def apply(self, tx: Tx, fresh: Sequence[Delivery]) -> list[uuid.UUID]:
+    async def apply(self, tx: Tx, fresh: Sequence[NotifyEvent]) -> list[uuid.UUID]:
         if self.first_calls_fail:
             raise self.first_calls_fail.pop(0)
         for event in fresh:
@@ -55,7 +55,7 @@ class Scripted(Worker[Delivery, list[uuid.UUID]]):
             await asyncio.wait_for(self.gate.wait(), timeout=10)
         return ids
 
-    async def after_commit(self, fresh: Sequence[Delivery], result: list[uuid.UUID]) -> None:
+    async def after_commit(self, fresh: Sequence[NotifyEvent], result: list[uuid.UUID]) -> None:
         self.after_commits.append(([e.event_id for e in fresh], result))
         if self.after_commit_fails:
             self.after_commit_fails -= 1
@@ -89,7 +89,7 @@ async def _settled(redis: Any) -> bool:
     return True
 
 
-def _events(count: int, seed: int) -> list[Delivery]:
+def _events(count: int, seed: int) -> list[NotifyEvent]:
     return list(workload.notification_events(count, seed=seed))  # type: ignore[arg-type]  # notification events
 
 

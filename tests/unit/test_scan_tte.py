@@ -7,24 +7,20 @@ import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import NamedTuple
 
 import msgspec
 import pytest
 
 from contracts import DecodeError, encode_entry
-from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
+from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScannerEvent, ScanSubmitted
 from contracts.wire import decode_data
 from devkit import workload
 from workers.scan_metrics.report import parse_window
 from workers.scan_metrics.rows import metrics_id_for, rows_for_batch
 from workers.scan_metrics.tte import (
     MAX_INT,
-    ScannerEvent,
     duration_ms,
-    phase_percent,
-    phase_percents,
     phase_sums,
     slo_breaches,
     tte_ms,
@@ -83,23 +79,6 @@ def test_phase_sums_add_repeated_names_and_skip_other() -> None:
         phase("sign", 5, 40_000, 40_000),
     ]
     assert phase_sums(phases) == {"ingest": 1000, "analyze": 31_500, "sign": 0}
-
-
-def test_phase_percent_rounds_half_up_like_postgres() -> None:
-    assert phase_percent(1, 8) == Decimal("12.50")
-    assert phase_percent(1, 3) == Decimal("33.33")
-    assert phase_percent(2, 3) == Decimal("66.67")
-    assert phase_percent(1, 800) == Decimal("0.13")  # 0.125 -> 0.13, not banker's 0.12
-    assert phase_percent(None, 100) is None  # phase did not run
-    assert phase_percent(5, 0) is None  # no division by a zero TTE
-    assert phase_percents({"vex": 25}, 100) == {
-        "ingest": None,
-        "analyze": None,
-        "reachability": None,
-        "vex": Decimal("25.00"),
-        "sign": None,
-        "publish": None,
-    }
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ are in flight at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from contracts import Event
@@ -37,7 +37,6 @@ class Resources:
     redis: aioredis.Redis
     pool: asyncpg.Pool | None = None
     s3: object | None = None  # an aioboto3 S3 client when the worker needs one
-    extras: dict[str, object] = field(default_factory=dict)
 
 
 class Worker(Generic[E, R]):

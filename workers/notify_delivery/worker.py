@@ -8,21 +8,17 @@ are one statement, one round trip a batch.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any, ClassVar, Final
 
 from contracts import Event
-from contracts.notify import NotificationFailed, NotificationSent
+from contracts.notify import NotificationFailed, NotificationSent, NotifyEvent
 from workers import metrics
 from workers.db import array_literal
 from workers.kernel.inbox import Tx, compose
 from workers.kernel.worker import Worker
-
-Delivery = NotificationSent | NotificationFailed
-
 
 # The batch travels as one array per column (see :func:`_columns`), which PostgreSQL
 # receives in binary and zips back into rows with ``unnest``: no per-event parsing on the
@@ -81,7 +77,7 @@ _latency_ms = attrgetter("latency_ms")
 _STATUS: dict[type[Event], str] = {NotificationSent: "sent", NotificationFailed: "failed"}
 
 
-def _columns(events: Sequence[Delivery]) -> tuple[Any, ...]:
+def _columns(events: Sequence[NotifyEvent]) -> tuple[Any, ...]:
     """The statement's parameters $3..$15: one value per column, each a list in the
     events' order (UUIDs and error texts, encoded in binary by the driver) or an array
     literal (see :func:`workers.db.array_literal`)."""
@@ -109,29 +105,14 @@ def _columns(events: Sequence[Delivery]) -> tuple[Any, ...]:
     )
 
 
-def _rank(event: Delivery) -> tuple[int, bool]:
-    return (event.attempt, type(event) is NotificationSent)
-
-
-def latest_per_delivery(events: Sequence[Delivery]) -> list[Delivery]:
-    """One event per delivery id, the one the row must converge to (pure; the SQL above
-    applies the same rule within a batch and against the stored row)."""
-    best: dict[uuid.UUID, Delivery] = {}
-    for event in events:
-        current = best.get(event.delivery_id)
-        if current is None or _rank(event) > _rank(current):
-            best[event.delivery_id] = event
-    return list(best.values())
-
-
-class NotifyDeliveryWorker(Worker[Delivery, None]):
+class NotifyDeliveryWorker(Worker[NotifyEvent, None]):
     name: ClassVar[str] = "notify-delivery"
     stream: ClassVar[str] = "notify:delivery"
 
-    async def apply(self, tx: Tx, fresh: Sequence[Delivery]) -> None:
+    async def apply(self, tx: Tx, fresh: Sequence[NotifyEvent]) -> None:
         await tx.execute(_UPSERT, *_columns(fresh))
 
-    async def after_commit(self, fresh: Sequence[Delivery], result: None) -> None:
+    async def after_commit(self, fresh: Sequence[NotifyEvent], result: None) -> None:
         channels = list(map(_channel_type, fresh))
         outcomes = Counter(zip(channels, map(type, fresh), strict=True))
         for (channel_type, kind), n in outcomes.items():

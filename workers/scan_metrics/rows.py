@@ -25,8 +25,15 @@ from typing import Final, Literal
 
 import msgspec
 
-from contracts.scanner import ArtifactType, Phase, ScanCompleted, ScanFailed, ScanSubmitted
-from workers.scan_metrics.tte import ScannerEvent, phase_sums
+from contracts.scanner import (
+    ArtifactType,
+    Phase,
+    ScanCompleted,
+    ScanFailed,
+    ScannerEvent,
+    ScanSubmitted,
+)
+from workers.scan_metrics.tte import phase_sums
 
 Outcome = ScanCompleted | ScanFailed
 Status = Literal["submitted", "completed", "failed"]

@@ -7,15 +7,19 @@ Python computes and what PostgreSQL stores always agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from contracts.base import INT32_MAX
-from contracts.scanner import Phase, PhaseName, ScanCompleted, ScanFailed, ScanSubmitted
-
-ScannerEvent = ScanSubmitted | ScanCompleted | ScanFailed
+from contracts.scanner import (
+    Phase,
+    PhaseName,
+    ScanCompleted,
+    ScanFailed,
+    ScannerEvent,
+    ScanSubmitted,
+)
 
 TRACKED_PHASES: Final[tuple[PhaseName, ...]] = (
     "ingest",
@@ -39,7 +43,6 @@ MAX_INT: Final = INT32_MAX
 fit the row, so they are refused before anything is written."""
 
 _MS: Final = timedelta(milliseconds=1)
-_PERCENT_STEP: Final = Decimal("0.01")
 
 
 def duration_ms(started_at: datetime, finished_at: datetime) -> int:
@@ -64,22 +67,6 @@ def phase_sums(phases: Iterable[Phase]) -> dict[PhaseName, int]:
         if name != "other":
             sums[name] = sums.get(name, 0) + duration_ms(phase.started_at, phase.finished_at)
     return sums
-
-
-def phase_percent(phase_ms: int | None, total_ms: int | None) -> Decimal | None:
-    """A phase's share of the TTE in percent, rounded half up to two decimals, as the view
-    ``scanner.scan_tte`` shows it; None when the phase did not run or the TTE is 0 ms."""
-    if phase_ms is None or not total_ms:
-        return None
-    return (Decimal(100 * phase_ms) / Decimal(total_ms)).quantize(
-        _PERCENT_STEP, rounding=ROUND_HALF_UP
-    )
-
-
-def phase_percents(
-    sums: Mapping[PhaseName, int], total_ms: int | None
-) -> dict[PhaseName, Decimal | None]:
-    return {name: phase_percent(sums.get(name), total_ms) for name in TRACKED_PHASES}
 
 
 def slo_breaches(tte: int) -> tuple[str, ...]:

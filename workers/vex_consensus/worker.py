@@ -26,7 +26,7 @@ import asyncpg
 import redis.exceptions as redis_exc
 import structlog
 
-from contracts.concelier import AdvisoryNew, AdvisoryUpdated
+from contracts.concelier import ConcelierEvent
 from workers import metrics, streams
 from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
@@ -38,7 +38,6 @@ from workers.vex_consensus.store import Pair
 
 log = structlog.get_logger("workers.vex_consensus")
 
-Advisory = AdvisoryNew | AdvisoryUpdated
 
 MAX_PAIRS_PER_ADVISORY: Final = 1_000_000
 """An advisory naming more pairs than this is dead-lettered rather than recomputed."""
@@ -53,13 +52,13 @@ _PUBLISH_ERRORS = (
 )
 
 
-def vulnerability_ids(event: Advisory) -> list[str]:
+def vulnerability_ids(event: ConcelierEvent) -> list[str]:
     """The advisory id and its aliases, each once, in order."""
     names = (name.strip() for name in (event.advisory_id, *event.aliases))
     return list(dict.fromkeys(name for name in names if name))
 
 
-def advisory_pairs(events: Sequence[Advisory]) -> dict[Pair, Trigger]:
+def advisory_pairs(events: Sequence[ConcelierEvent]) -> dict[Pair, Trigger]:
     """Every (purl, vulnerability) pair the advisories touch, with the first event
     that touched it (pure): affected purls (canonical) x (advisory id + aliases)."""
     pairs: dict[Pair, Trigger] = {}
@@ -76,7 +75,7 @@ def advisory_pairs(events: Sequence[Advisory]) -> dict[Pair, Trigger]:
     return pairs
 
 
-class VexConsensusWorker(Worker[Advisory, RecomputeReport]):
+class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
     name: ClassVar[str] = "vex-consensus"
     stream: ClassVar[str] = "concelier:drift"
 
@@ -84,7 +83,7 @@ class VexConsensusWorker(Worker[Advisory, RecomputeReport]):
         super().__init__(resources, group=group)
         self._log = log.bind(stream=self.stream, group=self.group)
 
-    def validate(self, event: Advisory) -> str | None:
+    def validate(self, event: ConcelierEvent) -> str | None:
         ids = vulnerability_ids(event)
         if not ids:
             return "advisory has neither an advisoryId nor aliases"
@@ -93,13 +92,13 @@ class VexConsensusWorker(Worker[Advisory, RecomputeReport]):
             return f"advisory touches {pairs} pairs; the limit is {MAX_PAIRS_PER_ADVISORY}"
         return purl_problem(a.purl for a in event.affected)
 
-    async def apply(self, tx: Tx, fresh: Sequence[Advisory]) -> RecomputeReport:
+    async def apply(self, tx: Tx, fresh: Sequence[ConcelierEvent]) -> RecomputeReport:
         triggers = advisory_pairs(fresh)
         return await service.recompute(
             await tx.connection(), triggers, reason="advisory_drift", triggers=triggers
         )
 
-    async def after_commit(self, fresh: Sequence[Advisory], result: RecomputeReport) -> None:
+    async def after_commit(self, fresh: Sequence[ConcelierEvent], result: RecomputeReport) -> None:
         now = datetime.now(UTC)
         for event in fresh:
             metrics.VEX_CONSENSUS_LATENCY.observe(

@@ -1,14 +1,15 @@
-"""A delivery's row converges to its latest attempt whatever the arrival order."""
+"""notify-delivery after its commit: deliveries counted and latencies observed per channel.
+
+(A row converging to its latest attempt whatever the arrival order is proven on
+PostgreSQL itself: tests/integration/test_runtime.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from datetime import UTC, datetime
 
 from contracts.notify import NotificationFailed, NotificationSent
-from workers.notify_delivery.worker import latest_per_delivery
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 DELIVERY = uuid.uuid4()
@@ -27,21 +28,6 @@ def _common(attempt: int) -> dict[str, object]:
         "source_event_id": uuid.uuid4(),
         "attempt": attempt,
     }
-
-
-def test_latest_attempt_wins_in_every_order() -> None:
-    first_failure = NotificationFailed(**_common(1), failed_at=AT, error="timeout")  # type: ignore[arg-type]
-    second_failure = NotificationFailed(**_common(2), failed_at=AT, error="503")  # type: ignore[arg-type]
-    success = NotificationSent(**_common(3), sent_at=AT)  # type: ignore[arg-type]
-    for order in itertools.permutations([first_failure, second_failure, success]):
-        assert latest_per_delivery(list(order)) == [success]
-
-
-def test_success_beats_failure_at_the_same_attempt() -> None:
-    failed = NotificationFailed(**_common(2), failed_at=AT)  # type: ignore[arg-type]
-    sent = NotificationSent(**_common(2), sent_at=AT)  # type: ignore[arg-type]
-    assert latest_per_delivery([sent, failed]) == [sent]
-    assert latest_per_delivery([failed, sent]) == [sent]
 
 
 def test_after_commit_counts_each_delivery_and_observes_each_latency() -> None:
