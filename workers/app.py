@@ -13,7 +13,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import structlog
 
@@ -33,8 +33,6 @@ from workers.vex_consensus.migration import canonicalize_stored_purls
 
 log = structlog.get_logger("workers.app")
 
-T = TypeVar("T")
-
 WORKERS: dict[str, type[Any]] = {
     "scan-metrics": ScanMetricsWorker,
     "vex-consensus": VexConsensusWorker,
@@ -47,15 +45,6 @@ WORKERS: dict[str, type[Any]] = {
 def migration_steps() -> dict[int, DataStep]:
     """Migration version -> the Python step run after that migration's SQL."""
     return {7: canonicalize_stored_purls}
-
-
-class Service(Protocol):
-    """A worker that is not a stream consumer (e.g. a scheduled job)."""
-
-    name: str
-    uses_s3: bool
-
-    async def run(self, stopping: Stopping) -> None: ...
 
 
 def available_workers() -> list[str]:
