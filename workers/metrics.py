@@ -1,6 +1,6 @@
 """Every Prometheus metric the fleet exports, in one place.
 
-Names are a contract with dashboards and alert rules (SPEC §4, §5). Labels
+Names are a contract with dashboards and alert rules (docs/operations.md, "Metrics"). Labels
 are bounded: stream, group, event type, outcome, reason codes, phase, channel
 type, tool. Tenant ids and event ids are never labels.
 """
@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Runtime (SPEC §4)
+# Runtime (docs/operations.md)
 EVENTS = Counter(
     "fleet_events_total",
     "Stream entries handled, by outcome (ok, duplicate, ignored, retried, dead_lettered).",
@@ -70,7 +70,7 @@ AFTER_COMMIT_FAILURES = Counter(
     ["stream", "group"],
 )
 
-# scan-metrics (SPEC §5.1)
+# scan-metrics (docs/workers.md)
 SCAN_TTE_SECONDS = Histogram(
     "fleet_scan_tte_seconds",
     "Time-to-Evidence of completed, non-replay scans.",
@@ -89,7 +89,7 @@ SCAN_SLO_BREACHES = Counter(
     ["slo"],
 )
 
-# vex-consensus (SPEC §5.2, seed 004)
+# vex-consensus (docs/workers.md)
 VEX_CONSENSUS_LATENCY = Histogram(
     "fleet_vex_consensus_latency_seconds",
     "From the triggering event's occurredAt to the consensus write.",
@@ -108,7 +108,7 @@ VEX_CONFLICTS = Counter(
     "fleet_vex_consensus_conflicts_total", "Consensus conflicts detected, by reason.", ["reason"]
 )
 
-# notify-delivery (SPEC §5.3)
+# notify-delivery (docs/workers.md)
 NOTIFY_DELIVERIES = Counter(
     "fleet_notify_deliveries_total",
     "Notification deliveries recorded, by channel type and status.",
@@ -121,7 +121,7 @@ NOTIFY_DELIVERY_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-# snapshots (SPEC §5.4)
+# snapshots (docs/workers.md)
 SNAPSHOT_AGE = Gauge("fleet_snapshot_age_seconds", "Age of the active snapshot.", ["tool"])
 SNAPSHOT_FRESHNESS = Gauge(
     "fleet_snapshot_freshness",

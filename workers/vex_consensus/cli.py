@@ -201,7 +201,7 @@ def _accumulate(total: service.RecomputeReport, part: service.RecomputeReport) -
 
 
 def verdict_reason(verdict: StatementVerdict, outcome: ConsensusOutcome) -> str:
-    """Why a statement counted or not, in one sentence (rules of SPEC §5.2.1)."""
+    """Why a statement counted or not, in one sentence (docs/workers.md, "The consensus rules")."""
     downgraded = (
         " (a not_affected without justification counts as under_investigation)"
         if verdict.effective_status != verdict.status
