@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
-import msgspec
 import typer
 from rich.table import Table
 
 from workers import streams
 from workers.cli.options import JsonOpt, StreamOpt, streams_for
 from workers.clients import clients
-from workers.shell import out, run_async, settings
+from workers.shell import echo_json, out, run_async, settings
 
 app = typer.Typer()
 
@@ -40,7 +37,7 @@ def status(
 
     rows = run_async(go)
     if as_json:
-        out.print_json(json.dumps([msgspec.to_builtins(r) for r in rows]))
+        echo_json(rows)
         return
     table = Table(title="streamfleet status")
     for column in ("stream", "group", "length", "lag", "pending", "oldest pending", "consumers"):
