@@ -23,9 +23,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from workers.clients import clients
-from workers.errors import ConfigError, ExitCode
+from workers.errors import ConfigError, ExitCode, first_line
 from workers.logs import configure_logging
-from workers.shell import CliError, echo_json, err, fail, first_line, out, run_async, settings
+from workers.shell import CliError, echo_json, err, fail, out, run_async, settings
 from workers.vex_consensus import service, store
 from workers.vex_consensus.consensus import (
     ISSUER_TYPES,
