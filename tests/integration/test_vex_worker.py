@@ -17,8 +17,9 @@ import pytest
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
-from contracts.wire import decode_data, encode_entry
+from contracts.wire import decode_data
 from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
+from workers.publishing import publish
 from workers.vex_consensus import VexConsensusWorker, service, store
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
@@ -150,7 +151,7 @@ async def handled(redis: Any, db: asyncpg.Pool, count: int) -> bool:
 
 
 async def publish_advisory(redis: Any, event: AdvisoryUpdated) -> None:
-    await redis.xadd(DRIFT, encode_entry(event))
+    await publish(redis, DRIFT, [event])
 
 
 async def outbox(db: asyncpg.Pool) -> int:
