@@ -510,7 +510,8 @@ def test_dockerfile_pins_python_311_slim_and_installs_the_package() -> None:
     bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert bases
     assert all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base) for base in bases), bases
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    # The package with its tracing extra, so FLEET_TRACING=otlp works in the image.
+    assert re.search(r'^RUN pip install "\.\[tracing\]"$', text, re.M)
     assert re.search(r"^USER \S+", text, re.M), "the image must not run as root"
 
 
