@@ -35,12 +35,19 @@ BATCH_SIZE = Histogram(
 )
 STREAM_LENGTH = Gauge("fleet_stream_length", "Entries in the stream (XLEN).", ["stream"])
 GROUP_LAG = Gauge("fleet_group_lag", "Entries not yet delivered to the group.", ["stream", "group"])
+GROUP_LAG_ESTIMATED = Gauge(
+    "fleet_group_lag_estimated",
+    "1 when fleet_group_lag is a lower bound: Valkey could not report the lag (entries "
+    "deleted or trimmed across the group's position) and counting stopped at its limit.",
+    ["stream", "group"],
+)
 GROUP_PENDING = Gauge(
     "fleet_group_pending", "Entries delivered but not acknowledged.", ["stream", "group"]
 )
 OLDEST_PENDING_AGE = Gauge(
     "fleet_oldest_pending_age_seconds",
-    "Age of the oldest unacknowledged entry of the group (0 when none).",
+    "Time since the oldest unacknowledged entry of the group was last delivered "
+    "(XPENDING idle time; 0 when none).",
     ["stream", "group"],
 )
 DEAD_LETTERS = Counter(
@@ -174,6 +181,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_batch_size",
         "fleet_stream_length",
         "fleet_group_lag",
+        "fleet_group_lag_estimated",
         "fleet_group_pending",
         "fleet_oldest_pending_age_seconds",
         "fleet_dead_letters_total",

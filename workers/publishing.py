@@ -3,6 +3,10 @@
 Used by ``fleet publish``, the vex-consensus outbox, the dev kit's demo and workload,
 and the tests. Each event is encoded with :func:`contracts.wire.encode_entry`, so every
 producer writes the same entry shape (``docs/wire-format.md``).
+
+Every event leaves with a W3C ``traceparent`` (``docs/tracing.md``): its own when it
+has one (an event continuing a trace), otherwise the context of this call's ``send``
+span with tracing on, or a new root shared by the call's events with tracing off.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
+
 from contracts.base import Event
 from contracts.wire import encode_entry
+from workers import tracing
 
 CHUNK = 1000
 
@@ -39,13 +46,18 @@ async def publish(
         if progress is not None:
             progress(len(chunk))
 
-    for event in events:
-        chunk.append(event)
-        if len(chunk) >= chunk_size:
+    with tracing.producing(stream) as traceparent:
+        for event in events:
+            chunk.append(
+                event
+                if event.traceparent is not None
+                else msgspec.structs.replace(event, traceparent=traceparent)
+            )
+            if len(chunk) >= chunk_size:
+                await flush()
+                count += len(chunk)
+                chunk = []
+        if chunk:
             await flush()
             count += len(chunk)
-            chunk = []
-    if chunk:
-        await flush()
-        count += len(chunk)
     return count

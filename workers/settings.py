@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # chooses the standard library's loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
+    # "otlp": spans exported over OTLP/HTTP, configured by the standard OTEL_* variables
+    # (docs/tracing.md); "off": no tracer is created at all.
+    tracing: Literal["off", "otlp"] = "off"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "auto"
     schema_dir: str | None = None

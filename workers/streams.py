@@ -274,6 +274,7 @@ async def refresh_gauges(client: aioredis.Redis, stream: str) -> list[GroupStatu
     metrics.STREAM_LENGTH.labels(stream).set(int(await client.xlen(stream)))
     for st in statuses:
         metrics.GROUP_LAG.labels(stream, st.group).set(st.lag if st.lag is not None else 0)
+        metrics.GROUP_LAG_ESTIMATED.labels(stream, st.group).set(1 if st.lag_estimated else 0)
         metrics.GROUP_PENDING.labels(stream, st.group).set(st.pending)
         metrics.OLDEST_PENDING_AGE.labels(stream, st.group).set(st.oldest_pending_age_seconds)
         metrics.CONSUMERS.labels(stream, st.group).set(st.consumers)

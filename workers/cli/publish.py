@@ -17,9 +17,10 @@ from contracts.registry import contract_for_stream
 from contracts.wire import DecodeError, decode_data
 from workers.cli.options import check_stream
 from workers.clients import clients
-from workers.errors import ExitCode
+from workers.errors import ConfigError, ExitCode
 from workers.publishing import publish as publish_events
 from workers.shell import err, fail, out, run_async, settings
+from workers.tracing import tracing_for
 
 app = typer.Typer()
 
@@ -100,7 +101,11 @@ def publish(
                     opened.redis, stream, entries, lambda n: progress.advance(task, n)
                 )
 
-    run_async(go)
+    try:
+        with tracing_for(cfg):
+            run_async(go)
+    except ConfigError as exc:
+        raise fail(str(exc), exc.exit_code) from None
     skipped = f", skipped {len(problems)} invalid" if problems else ""
     out.print(f"published {len(entries)} event(s) to {stream}{skipped}")
     if problems:

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from workers import streams
+from workers import streams, tracing
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS, Acker
 from workers.kernel.handling import Batch, BatchHandler
@@ -63,11 +63,13 @@ class StreamConsumer:
         settler = Settler(
             member, self.held, self.acker, self.hard_stop, debug=settings.log_level == "debug"
         )
-        self.handler = BatchHandler(worker, inbox, settler, self.hard_stop, self._log)
+        # None with tracing off: the kernel's only test of it, once per read and per batch.
+        spans = tracing.consumer_spans(self.stream, self.group, consumer)
+        self.handler = BatchHandler(worker, inbox, settler, self.hard_stop, self._log, spans)
         self.reader = Reader(
             member, self.held, self.queue, self.stopping,
             batch_size=settings.batch_size, block_ms=settings.block_ms,
-            readers=concurrency, processors=concurrency,
+            readers=concurrency, processors=concurrency, spans=spans,
         )  # fmt: skip
         self.housekeeping = Housekeeping(
             member, idle_ms=self.idle_ms, held=self.held, reader=self.reader, inbox=inbox,

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.exceptions as redis_exc
 
-from workers import metrics, streams
+from workers import metrics, streams, tracing
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS, Acker
 from workers.kernel.held import HeldEntries
@@ -92,6 +92,12 @@ class Settler:
                     type=type_label(letter.fields.get(b"type")),
                     reason=letter.reason,
                     error=letter.error[:200],
+                )
+                tracing.event(
+                    "dead_letter",
+                    entry_id=letter.entry_id.decode(errors="replace"),
+                    reason=letter.reason,
+                    deliveries=letter.deliveries,
                 )
             break
         self._held.release([letter.entry_id for letter in dead])

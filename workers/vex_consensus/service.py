@@ -69,6 +69,9 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: uuid.UUID = SYSTEM_TENANT
     causation_id: str | None = None
     correlation_id: str | None = None
+    # The trace the published event continues (docs/tracing.md): the batch's process span
+    # with tracing on, else the triggering event's own traceparent.
+    traceparent: str | None = None
 
 
 _NO_TRIGGER: Final = Trigger()
@@ -206,6 +209,7 @@ def _event(
         "source": SOURCE,
         "correlation_id": trigger.correlation_id,
         "causation_id": trigger.causation_id,
+        "traceparent": trigger.traceparent,
         "component_purl": pair[0],
         "vulnerability_id": pair[1],
         "computed_at": computed_at,
