@@ -69,6 +69,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_stale_days: PositiveFloat = 14.0
     snapshot_critical_days: PositiveFloat = 30.0
 
+    # The ed25519 private key (PEM) that signs export manifests (docs/exports.md).
+    export_key_file: str | None = None
+
     # uvloop (libuv) runs the event loop of `fleet run` where it is installed; "asyncio"
     # chooses the standard library's loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
