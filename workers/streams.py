@@ -68,7 +68,7 @@ class _HiredisPacking:
 _PACKING_KINDS: dict[type[Any], type[Any]] = {}
 
 
-def _hiredis_packing(cls: type[aioconnection.AbstractConnection]) -> type[Any]:
+def hiredis_packing(cls: type[aioconnection.AbstractConnection]) -> type[Any]:
     kind = _PACKING_KINDS.get(cls)
     if kind is None:
         kind = _PACKING_KINDS[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
@@ -102,7 +102,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         raise ConfigError(f"invalid FLEET_VALKEY_URL={redact_url(url)!r}: {exc}") from None
     pool = client.connection_pool
     # Connections open lazily: none exists yet, so every one is of the packing kind.
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return client
 
 
