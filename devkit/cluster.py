@@ -238,7 +238,7 @@ def _form(nodes: list[ClusterNode], primaries: int) -> None:
 def embedded_cluster(
     folder: Path, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
 ) -> Iterator[EmbeddedCluster]:
-    """Start and form a cluster of ``primaries`` × (1 + ``replicas``) nodes under
+    """Start and form a cluster of ``primaries`` primaries, each with ``replicas`` replicas, under
     ``folder``; stop every node on exit."""
     count = primaries * (1 + replicas)
     nodes = [
