@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -121,8 +122,9 @@ class ClusterNode:
         """A client of this node alone, with ``CLUSTER …`` replies left as the server
         sends them (text, or nested lists for ``CLUSTER SLOTS``)."""
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-        for name in [n for n in client.response_callbacks if str(n).startswith("CLUSTER")]:
-            del client.response_callbacks[name]
+        callbacks: dict[Any, Any] = client.response_callbacks
+        for name in [n for n in callbacks if str(n).startswith("CLUSTER")]:
+            callbacks.pop(name)
         return client
 
     def node_id(self) -> str:
@@ -178,7 +180,7 @@ class EmbeddedCluster:
             for line in c.execute_command("CLUSTER NODES").decode().splitlines():
                 parts = line.split()
                 if "myself" in parts[2]:
-                    return parts[3]
+                    return str(parts[3])
         return "-"
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
