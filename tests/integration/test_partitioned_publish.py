@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from contracts import encode_entry
+from contracts import decode_event
 from devkit import workload
 from workers.errors import ConfigError
 from workers.partitions import key_for, stream_keys
@@ -24,7 +24,8 @@ async def test_each_event_goes_to_its_tenants_partition_in_order(
     for key in stream_keys(STREAM, 3):
         rows = await real_redis.xrange(key)
         expected = [e for e in events if key_for(STREAM, tenant_key(e), 3) == key]
-        assert [f[b"data"] for _, f in rows] == [encode_entry(e)["data"] for e in expected]
+        # The same events in the same order (publish stamps a traceparent on each).
+        assert [decode_event(f).event_id for _, f in rows] == [e.event_id for e in expected]
 
 
 async def test_one_partition_publishes_to_todays_key(real_redis: aioredis.Redis) -> None:
