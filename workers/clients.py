@@ -26,7 +26,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 
-from workers import streams
+from workers.cluster import open_client
 from workers.db import (
     Failure,
     classify,
@@ -146,9 +146,8 @@ async def clients(
     async with contextlib.AsyncExitStack() as stack:
         try:
             if "valkey" in need:
-                opened._redis = streams.connect(settings)
+                opened._redis = await open_client(settings)
                 stack.push_async_callback(opened._redis.aclose)
-                await streams.ping(opened._redis, settings)
             if "postgres" in need:
                 opened._pool = await create_pool(settings, max_size=pool_size)
                 stack.push_async_callback(opened._pool.close)

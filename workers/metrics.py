@@ -35,12 +35,19 @@ BATCH_SIZE = Histogram(
 )
 STREAM_LENGTH = Gauge("fleet_stream_length", "Entries in the stream (XLEN).", ["stream"])
 GROUP_LAG = Gauge("fleet_group_lag", "Entries not yet delivered to the group.", ["stream", "group"])
+GROUP_LAG_ESTIMATED = Gauge(
+    "fleet_group_lag_estimated",
+    "1 when fleet_group_lag is a lower bound: Valkey could not report the lag (entries "
+    "deleted or trimmed across the group's position) and counting stopped at its limit.",
+    ["stream", "group"],
+)
 GROUP_PENDING = Gauge(
     "fleet_group_pending", "Entries delivered but not acknowledged.", ["stream", "group"]
 )
 OLDEST_PENDING_AGE = Gauge(
     "fleet_oldest_pending_age_seconds",
-    "Age of the oldest unacknowledged entry of the group (0 when none).",
+    "Time since the oldest unacknowledged entry of the group was last delivered "
+    "(XPENDING idle time; 0 when none).",
     ["stream", "group"],
 )
 DEAD_LETTERS = Counter(
@@ -108,6 +115,50 @@ VEX_CONFLICTS = Counter(
     "fleet_vex_consensus_conflicts_total", "Consensus conflicts detected, by reason.", ["reason"]
 )
 
+VEX_DSSE_FAILURES = Counter(
+    "fleet_vex_dsse_verification_failures_total",
+    "Signed VEX documents refused on ingest because their DSSE envelope did not verify.",
+    ["reason"],
+)
+VEX_EXPORT_DURATION = Histogram(
+    "fleet_vex_export_duration_seconds",
+    "Time to read and render the VEX consensus export.",
+    buckets=(*_LATENCY_BUCKETS, 10.0, 30.0, 60.0),
+)
+
+# exports (seed 002, docs/exports.md)
+EXPORT_JOB_DURATION = Histogram(
+    "fleet_export_job_duration_seconds",
+    "Export job duration from the request's pick-up to the published manifest, by profile.",
+    ["profile"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+EXPORT_BUNDLE_SIZE = Histogram(
+    "fleet_export_bundle_size_bytes",
+    "Size of the files of an export bundle, manifest excluded, by profile.",
+    ["profile"],
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+)
+EXPORT_ATTESTATION_FAILURES = Counter(
+    "fleet_export_attestation_failures_total",
+    "Export manifests that could not be signed or whose signature did not verify.",
+    ["reason"],
+)
+EXPORT_QUEUE_DEPTH = Gauge(
+    "fleet_export_queue_depth", "Export requests not yet handled (group lag plus pending)."
+)
+EXPORT_MANIFEST_PUBLISH = Counter(
+    "fleet_export_manifest_publish_total",
+    "Manifests written to the bundle store, by result.",
+    ["result"],
+)
+
+# Exported at 0 from the start, so increase() sees the first failure.
+for _reason in ("malformed", "unknown_key", "bad_signature", "payload_type"):
+    VEX_DSSE_FAILURES.labels(_reason)
+for _result in ("ok", "error"):
+    EXPORT_MANIFEST_PUBLISH.labels(_result)
+
 # notify-delivery (docs/workers.md)
 NOTIFY_DELIVERIES = Counter(
     "fleet_notify_deliveries_total",
@@ -174,6 +225,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_batch_size",
         "fleet_stream_length",
         "fleet_group_lag",
+        "fleet_group_lag_estimated",
         "fleet_group_pending",
         "fleet_oldest_pending_age_seconds",
         "fleet_dead_letters_total",
@@ -188,6 +240,13 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_vex_conflict_queue_depth",
         "fleet_vex_recompute_duration_seconds",
         "fleet_vex_consensus_conflicts_total",
+        "fleet_vex_dsse_verification_failures_total",
+        "fleet_vex_export_duration_seconds",
+        "fleet_export_job_duration_seconds",
+        "fleet_export_bundle_size_bytes",
+        "fleet_export_attestation_failures_total",
+        "fleet_export_queue_depth",
+        "fleet_export_manifest_publish_total",
         "fleet_notify_deliveries_total",
         "fleet_notify_delivery_latency_seconds",
         "fleet_snapshot_age_seconds",

@@ -46,6 +46,7 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_batch_size": "histogram",
     "fleet_stream_length": "gauge",
     "fleet_group_lag": "gauge",
+    "fleet_group_lag_estimated": "gauge",  # §8, figures SREs can trust
     "fleet_group_pending": "gauge",
     "fleet_oldest_pending_age_seconds": "gauge",
     "fleet_consumers": "gauge",
@@ -510,7 +511,8 @@ def test_dockerfile_pins_python_311_slim_and_installs_the_package() -> None:
     bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert bases
     assert all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base) for base in bases), bases
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    # The package with its tracing extra, so FLEET_TRACING=otlp works in the image.
+    assert re.search(r'^RUN pip install "\.\[tracing\]"$', text, re.M)
     assert re.search(r"^USER \S+", text, re.M), "the image must not run as root"
 
 
@@ -719,8 +721,13 @@ def test_keda_scales_each_stream_worker_on_its_group(worker: str) -> None:
     assert spec["scaleTargetRef"]["name"] == worker
     assert spec["minReplicaCount"] >= 1
     assert spec["maxReplicaCount"] > spec["minReplicaCount"]
-    (trigger,) = spec["triggers"]
+    trigger, counted = spec["triggers"]
     assert trigger["type"] == "redis-streams"
+    # The lag the workers count when Valkey cannot report it (after XDEL/XTRIM).
+    assert counted["type"] == "prometheus"
+    query = counted["metadata"]["query"]
+    assert query == f'max(fleet_group_lag{{stream="{stream}",group="{group}"}})'
+    assert counted["metadata"]["threshold"] == trigger["metadata"]["lagCount"]
     metadata = trigger["metadata"]
     assert metadata["stream"] == stream
     assert metadata["consumerGroup"] == group

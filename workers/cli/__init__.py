@@ -25,6 +25,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from workers.cli import contracts, dlq, maintenance, publish, run, status, top
 from workers.errors import ConfigError, ExitCode
+from workers.export import cli as export_cli
 from workers.scan_metrics import cli as scan_metrics_cli
 from workers.shell import fail
 from workers.snapshot_retention import cli as snapshot_retention_cli
@@ -46,7 +47,11 @@ for commands in (run.app, publish.app, status.app, top.app, maintenance.app):
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(contracts.app, name="contracts")
 app.command("tte")(scan_metrics_cli.tte)
+# `fleet vex export|verify` are the export package's, mounted beside the vex commands.
+vex_consensus_cli.app.command("export")(export_cli.vex_export)
+vex_consensus_cli.app.command("verify")(export_cli.vex_verify)
 app.add_typer(vex_consensus_cli.app, name="vex")
+app.add_typer(export_cli.app, name="export")
 app.add_typer(snapshot_retention_cli.app, name="snapshots")
 
 

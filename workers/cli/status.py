@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from workers import streams
-from workers.cli.options import JsonOpt, StreamOpt, streams_for
+from workers.cli.options import JsonOpt, StreamOpt, keys_for
 from workers.clients import clients
 from workers.shell import echo_json, out, run_async, settings
 
@@ -18,9 +18,11 @@ def status(
     stream: StreamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length."""
-    names = streams_for(stream)
+    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length.
+
+    With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S)."""
     cfg = settings()
+    names = keys_for(stream, cfg.stream_partitions)
 
     async def go() -> list[streams.GroupStatus]:
         rows: list[streams.GroupStatus] = []
@@ -36,6 +38,8 @@ def status(
         return rows
 
     rows = run_async(go)
+    if cfg.stream_partitions > 1:
+        rows += streams.summed(rows)
     if as_json:
         echo_json(rows)
         return

@@ -74,8 +74,10 @@ def _run(work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]) -> T:
 async def _publish(pool: asyncpg.Pool) -> tuple[int, str | None]:
     """Publish the outbox; (events published, why publishing was deferred or None)."""
     try:
-        async with clients(settings(), need=("valkey",)) as opened:
-            return await service.publish_outbox(pool, opened.redis), None
+        cfg = settings()
+        async with clients(cfg, need=("valkey",)) as opened:
+            partitions = cfg.stream_partitions
+            return await service.publish_outbox(pool, opened.redis, partitions=partitions), None
     except ConfigError as exc:
         return 0, str(exc)
     except redis_exc.RedisError as exc:
