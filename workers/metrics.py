@@ -126,7 +126,7 @@ VEX_EXPORT_DURATION = Histogram(
     buckets=(*_LATENCY_BUCKETS, 10.0, 30.0, 60.0),
 )
 
-# exports (seed 002, docs/exports.md)
+# exports (docs/workers.md, "Signed exports")
 EXPORT_JOB_DURATION = Histogram(
     "fleet_export_job_duration_seconds",
     "Export job duration from the request's pick-up to the published manifest, by profile.",

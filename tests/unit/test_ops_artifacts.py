@@ -46,7 +46,7 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_batch_size": "histogram",
     "fleet_stream_length": "gauge",
     "fleet_group_lag": "gauge",
-    "fleet_group_lag_estimated": "gauge",  # §8, figures SREs can trust
+    "fleet_group_lag_estimated": "gauge",  # figures SREs can trust
     "fleet_group_pending": "gauge",
     "fleet_oldest_pending_age_seconds": "gauge",
     "fleet_consumers": "gauge",
