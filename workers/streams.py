@@ -25,7 +25,6 @@ from workers.settings import Settings, redact_url
 log = structlog.get_logger("workers.streams")
 
 DLQ_PREFIX = "dlq."
-_DAY_MS = 86_400_000
 
 
 def dlq_name(stream: str) -> str:
@@ -142,17 +141,18 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> bool:
     return True
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply value (bytes or not) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = _s(entry_id)
+def id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = as_text(entry_id)
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
 
 
-def _id_text(parts: tuple[int, int]) -> str:
+def id_text(parts: tuple[int, int]) -> str:
     return f"{parts[0]}-{parts[1]}"
 
 
@@ -200,6 +200,23 @@ async def dead_letter(
         await pipe.execute()
 
 
+async def count_range(
+    client: aioredis.Redis, stream: str, start: str, end: str, *, limit: int | None = None
+) -> int:
+    """``XRANGE stream start end COUNT 1000`` page by page (bounds as ``XRANGE`` takes
+    them, ``(`` for exclusive): the entries between, memory bounded; counting stops once
+    ``limit`` is reached."""
+    count = 0
+    cursor = start
+    while limit is None or count < limit:
+        page: Any = await client.xrange(stream, cursor, end, count=1000)
+        if not page:
+            return count
+        count += len(page)
+        cursor = f"({as_text(page[-1][0])}"
+    return count
+
+
 # ------------------------------------------------------------------ status
 
 
@@ -235,7 +252,7 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
         return []
     result: list[GroupStatus] = []
     for info in groups:
-        name = _s(info["name"])
+        name = as_text(info["name"])
         pending = int(info["pending"])
         oldest_age = 0.0
         if pending:
@@ -251,8 +268,8 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
         else:
             # The server cannot tell (entries deleted or trimmed across the group's position):
             # the undelivered entries are counted, up to LAG_COUNT_LIMIT.
-            last = _s(info["last-delivered-id"])
-            lag = await _count_range(client, stream, f"({last}", "+", limit=LAG_COUNT_LIMIT)
+            last = as_text(info["last-delivered-id"])
+            lag = await count_range(client, stream, f"({last}", "+", limit=LAG_COUNT_LIMIT)
             estimated = lag >= LAG_COUNT_LIMIT
         result.append(
             GroupStatus(
@@ -264,7 +281,7 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
                 oldest_pending_age_seconds=oldest_age,
                 consumers=int(info["consumers"]),
                 dlq_length=dlq_length,
-                last_delivered_id=_s(info["last-delivered-id"]),
+                last_delivered_id=as_text(info["last-delivered-id"]),
                 lag_estimated=estimated,
             )
         )
@@ -344,7 +361,7 @@ async def prune_consumers(
     kept: list[str] = []
     claimed = 0
     for info in consumers:
-        name = _s(info["name"])
+        name = as_text(info["name"])
         idle = int(info.get("inactive", info["idle"]) or 0)
         if idle < 0:  # Valkey reports -1 for a consumer that never read successfully
             idle = int(info["idle"])
@@ -380,149 +397,6 @@ async def _consumer_pending(client: aioredis.Redis, stream: str, group: str, nam
     return len(rows)
 
 
-# ------------------------------------------------------------------ trimming
-
-
-@dataclass(frozen=True, slots=True)
-class TrimPlan:
-    stream: str
-    length: int
-    min_id: str | None  # XTRIM MINID target; None: nothing to trim
-    removable: int
-    cap_removals: int  # entries the hard cap removes on top of the safe trim
-    limited_by: str  # "retention", a group name, or "nothing"
-    consumed_bound: str | None = None  # every group is done with entries below this id
-
-
-async def _count_range(
-    client: aioredis.Redis, stream: str, start: str, end: str, *, limit: int | None = None
-) -> int:
-    """``XRANGE stream start end COUNT 1000`` page by page (bounds as ``XRANGE`` takes
-    them, ``(`` for exclusive): the entries between, memory bounded; counting stops once
-    ``limit`` is reached."""
-    count = 0
-    cursor = start
-    while limit is None or count < limit:
-        page: Any = await client.xrange(stream, cursor, end, count=1000)
-        if not page:
-            return count
-        count += len(page)
-        cursor = f"({_s(page[-1][0])}"
-    return count
-
-
-async def plan_trim(
-    client: aioredis.Redis,
-    stream: str,
-    *,
-    retention_days: float,
-    max_len: int = 0,
-    now_ms: int | None = None,
-    count: bool = True,
-) -> TrimPlan:
-    """The lowest id every group is done with, bounded by the retention cutoff.
-
-    A group is done with an entry when it has read it (id ≤ last-delivered-id) and
-    acknowledged it (id < its oldest pending id). With ``count`` the plan also counts
-    what would go (paged ``XRANGE``); without it, only the bounds are computed.
-    """
-    length = int(await client.xlen(stream))
-    if length == 0:
-        return TrimPlan(stream, 0, None, 0, 0, "nothing")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    cutoff = (max(0, now - int(retention_days * _DAY_MS)), 0)
-    consumed: tuple[int, int] | None = None
-    limited_by = "retention"
-    try:
-        groups = await client.xinfo_groups(stream)
-    except redis_exc.ResponseError:
-        groups = []
-    group_of_bound = "retention"
-    for info in groups:
-        name = _s(info["name"])
-        last = _id_tuple(info["last-delivered-id"])
-        group_bound = (last[0], last[1] + 1)
-        if int(info["pending"]):
-            summary = await client.xpending(stream, name)
-            if summary.get("min"):
-                group_bound = min(group_bound, _id_tuple(summary["min"]))
-        if consumed is None or group_bound < consumed:
-            consumed = group_bound
-            group_of_bound = name
-    bound = cutoff
-    if consumed is not None and consumed < cutoff:
-        bound = consumed
-        limited_by = group_of_bound
-    first: Any = await client.xrange(stream, "-", "+", count=1)
-    first_id = _id_tuple(first[0][0]) if first else bound
-    trims = bound > first_id
-    removable = 0
-    if trims and count:
-        removable = await _count_range(client, stream, "-", f"({_id_text(bound)}")
-    cap_removals = 0
-    if max_len and length - removable > max_len:
-        cap_removals = length - removable - max_len
-    return TrimPlan(
-        stream=stream,
-        length=length,
-        min_id=_id_text(bound) if trims else None,
-        removable=removable,
-        cap_removals=cap_removals,
-        limited_by=limited_by,
-        consumed_bound=_id_text(consumed) if consumed is not None else None,
-    )
-
-
-async def trim_stream(
-    client: aioredis.Redis,
-    stream: str,
-    *,
-    retention_days: float,
-    max_len: int = 0,
-    dry_run: bool = False,
-    now_ms: int | None = None,
-) -> TrimPlan:
-    """``XTRIM stream MINID = <safe id>``; then ``XTRIM MAXLEN = cap`` only past the cap.
-
-    Entries the cap removes before every group consumed them are counted in
-    ``fleet_stream_trimmed_unconsumed_total``.
-    """
-    plan = await plan_trim(
-        client,
-        stream,
-        retention_days=retention_days,
-        max_len=max_len,
-        now_ms=now_ms,
-        count=dry_run,
-    )
-    if dry_run:
-        return plan
-    removed = 0
-    if plan.min_id is not None:
-        removed = int(await client.xtrim(stream, minid=plan.min_id, approximate=False))
-    remaining = plan.length - removed
-    cap_removals = remaining - max_len if max_len and remaining > max_len else 0
-    if cap_removals:
-        # Entries every group already consumed may still be inside the retention period;
-        # the cap removing those loses nothing, so only the others are counted.
-        consumed_left = 0
-        if plan.consumed_bound is not None:
-            consumed_left = await _count_range(client, stream, "-", f"({plan.consumed_bound}")
-        cut = int(await client.xtrim(stream, maxlen=max_len, approximate=False))
-        unconsumed = max(0, cut - consumed_left)
-        if unconsumed:
-            metrics.TRIMMED_UNCONSUMED.labels(stream).inc(unconsumed)
-    return TrimPlan(
-        stream=plan.stream,
-        length=plan.length,
-        min_id=plan.min_id,
-        removable=removed,
-        cap_removals=cap_removals,
-        limited_by=plan.limited_by,
-        consumed_bound=plan.consumed_bound,
-    )
-
-
 # ------------------------------------------------------------------ dead letters
 
 
@@ -551,8 +425,8 @@ async def _dlq_pages(
         rows: Any = await client.xrange(dlq_name(stream), cursor, "+", count=page)
         if not rows:
             return
-        yield [DlqEntry(_s(eid), {_s(k): v for k, v in f.items()}) for eid, f in rows]
-        cursor = f"({_s(rows[-1][0])}"
+        yield [DlqEntry(as_text(eid), {as_text(k): v for k, v in f.items()}) for eid, f in rows]
+        cursor = f"({as_text(rows[-1][0])}"
 
 
 async def dlq_entries(

@@ -16,6 +16,7 @@ from devkit import workload
 from tests.helpers import metric, poll, resources, running
 from workers import streams
 from workers.kernel import PgInbox, Stopping, StreamConsumer, Tx
+from workers.kernel.trimming import trim_stream
 from workers.notify_delivery import NotifyDeliveryWorker
 from workers.publishing import publish
 
@@ -267,7 +268,7 @@ async def test_trim_never_removes_what_a_lagging_group_has_not_acknowledged(
     async with running(worker):
         await poll(lambda: _equals(rows(db), 100), what="the fast group done")
     # Retention 0 days: everything is old enough, only group progress protects entries.
-    plan = await streams.trim_stream(redis, STREAM, retention_days=0)
+    plan = await trim_stream(redis, STREAM, retention_days=0)
     assert plan.limited_by == "audit"
     assert plan.removable == 10
     remaining = [eid for eid, _ in await redis.xrange(STREAM, "-", "+")]
@@ -282,7 +283,7 @@ async def test_hard_cap_counts_unconsumed_entries_it_removes(redis: Any) -> None
     await streams.ensure_group(redis, STREAM, GROUP)
     await publish(redis, STREAM, _valid(13, 50))
     before = metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM)
-    plan = await streams.trim_stream(redis, STREAM, retention_days=0, max_len=20)
+    plan = await trim_stream(redis, STREAM, retention_days=0, max_len=20)
     assert plan.removable == 0 and plan.cap_removals == 30
     assert await redis.xlen(STREAM) == 20
     assert metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM) - before == 30
@@ -419,7 +420,7 @@ async def test_hard_cap_does_not_count_entries_every_group_already_consumed(redi
     await redis.xack(STREAM, GROUP, *[eid for eid, _ in read[0][1]])
     before = metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM)
     # A week of retention keeps all 50; the cap of 5 removes 45: 40 consumed, 5 not.
-    await streams.trim_stream(redis, STREAM, retention_days=7, max_len=5)
+    await trim_stream(redis, STREAM, retention_days=7, max_len=5)
     assert await redis.xlen(STREAM) == 5
     assert metric("fleet_stream_trimmed_unconsumed_total", stream=STREAM) - before == 5
 

@@ -9,6 +9,7 @@ import typer
 from workers import streams
 from workers.cli.options import StreamOpt, keys_for
 from workers.clients import clients
+from workers.kernel.trimming import TrimPlan, trim_stream
 from workers.shell import out, run_async, settings
 
 app = typer.Typer()
@@ -83,13 +84,11 @@ def trim(
     days = cfg.stream_retention_days if retention_days is None else retention_days
     cap = cfg.stream_max_len if max_len is None else max_len
 
-    async def go() -> list[streams.TrimPlan]:
+    async def go() -> list[TrimPlan]:
         async with clients(cfg, need=("valkey",)) as opened:
             client = opened.redis
             return [
-                await streams.trim_stream(
-                    client, name, retention_days=days, max_len=cap, dry_run=dry_run
-                )
+                await trim_stream(client, name, retention_days=days, max_len=cap, dry_run=dry_run)
                 for name in names
             ]
 

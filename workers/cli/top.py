@@ -64,7 +64,7 @@ async def sample(client: Any, names: list[str]) -> Sample:
         added[name] = int(info.get("entries-added") or info.get("length") or 0)
         for group in await client.xinfo_groups(name):
             value = group.get("entries-read")
-            read[(name, streams._s(group["name"]))] = None if value is None else int(value)
+            read[(name, streams.as_text(group["name"]))] = None if value is None else int(value)
         statuses.extend(await streams.group_statuses(client, name))
     return Sample(time.monotonic(), added, read, statuses)
 

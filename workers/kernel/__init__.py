@@ -9,6 +9,7 @@
 - :mod:`~workers.kernel.acker`: coalesced ``XACK``.
 - :mod:`~workers.kernel.reading`: own pending list, then new entries.
 - :mod:`~workers.kernel.housekeeping`: reclaim, heartbeat, maintenance.
+- :mod:`~workers.kernel.trimming`: retention trimming, never past unconsumed entries.
 - :mod:`~workers.kernel.consumer`: start and stop order.
 - :mod:`~workers.kernel.lease`: consumer names by lease.
 - :mod:`~workers.kernel.stopping`: the one "sleep unless stopping".

@@ -16,6 +16,7 @@ from workers.kernel.inbox import Inbox
 from workers.kernel.member import Member
 from workers.kernel.reading import Reader
 from workers.kernel.stopping import Stopping
+from workers.kernel.trimming import trim_stream
 from workers.settings import Settings
 
 
@@ -92,7 +93,7 @@ class Housekeeping:
                     idle_ms=int(settings.consumer_prune_idle_seconds * 1000),
                     claim_to=self._m.name,
                 )
-                await streams.trim_stream(
+                await trim_stream(
                     self._m.redis,
                     self._m.stream,
                     retention_days=settings.stream_retention_days,

@@ -27,9 +27,10 @@ import redis.exceptions as redis_exc
 import structlog
 
 from contracts.concelier import ConcelierEvent
-from workers import metrics, streams, tracing
+from workers import metrics, tracing
 from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
+from workers.kernel.trimming import trim_stream
 from workers.kernel.worker import Resources, Worker
 from workers.vex_consensus import service
 from workers.vex_consensus.purls import canonical_purls, purl_problem
@@ -124,7 +125,7 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
             try:
                 await self._publish()
                 await self._refresh_gauge()
-                await streams.trim_stream(
+                await trim_stream(
                     self.resources.redis,
                     service.CONSENSUS_STREAM,
                     retention_days=settings.stream_retention_days,
