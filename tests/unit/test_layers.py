@@ -109,6 +109,7 @@ def test_the_tree_keeps_the_import_contracts() -> None:
         ("workers/scan_metrics/probe_sideways.py", "from workers.vex_consensus import store"),
         ("workers/cli/probe_devkit.py", "import devkit.demo"),
         ("contracts/probe_upward.py", "import workers.settings"),
+        ("contracts/probe_devkit.py", "from devkit import workload"),
     ],
     ids=[
         "kernel->app",
@@ -119,6 +120,7 @@ def test_the_tree_keeps_the_import_contracts() -> None:
         "worker->worker",
         "cli->devkit",
         "contracts->kernel",
+        "contracts->devkit",
     ],
 )
 def test_an_upward_or_sideways_import_breaks_the_check(
