@@ -1,5 +1,5 @@
-"""``fleet snapshots``: import, list, show, roll back, read, check freshness, run retention,
-manage holds and verify the audit chain.
+"""``fleet snapshots``: import, list, show, roll back, read, check freshness, run retention;
+expiry, thresholds, holds and the audit trail come from ``cli_governance``.
 
 Each command opens its own PostgreSQL pool (and an S3 client only when it touches
 payloads), reads the same ``FLEET_*`` settings as the workers, and ends with one
@@ -36,7 +36,7 @@ from workers.snapshot_retention.cli_common import (
     run_op,
     tool_arg,
 )
-from workers.snapshot_retention.cli_governance import audit_app, hold_app
+from workers.snapshot_retention.cli_governance import audit_app, expire, hold_app, thresholds_app
 from workers.snapshot_retention.freshness import FreshnessState
 from workers.snapshot_retention.housekeeping import RetentionReport
 from workers.snapshot_retention.ids import parse_snapshot_id
@@ -52,6 +52,8 @@ app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(hold_app, name="hold")
+app.add_typer(thresholds_app, name="thresholds")
+app.command()(expire)
 
 
 # ---------------------------------------------------------------------------- records
