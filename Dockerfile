@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY contracts/ contracts/
 COPY workers/ workers/
 COPY schema/ schema/
-RUN pip install .
+RUN pip install ".[tracing]"
 # The package is installed into site-packages; `fleet migrate` reads the SQL
 # migrations from here.
 ENV FLEET_SCHEMA_DIR=/app/schema

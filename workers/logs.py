@@ -11,14 +11,22 @@ import sys
 
 import structlog
 
+from workers.tracing import trace_ids_processor
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+
+def configure_logging(level: str = "info", fmt: str = "auto", *, traced: bool = False) -> None:
+    """``traced`` (``FLEET_TRACING=otlp``): every line written inside a span carries its
+    ``trace_id`` and ``span_id`` (``docs/tracing.md``)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if traced:
+        processor = trace_ids_processor()
+        if processor is not None:
+            shared.insert(1, processor)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if use_json

@@ -31,6 +31,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     s3_bucket: str = "streamfleet"
     s3_region: str = "us-east-1"
 
+    # Valkey Cluster: unset, detected from `INFO cluster`; true or false to say so.
+    valkey_cluster: bool | None = None
+    # Keys per stream ({S:0} … {S:P-1}); 1 keeps the one key S (docs/scaling.md).
+    stream_partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     api_token: str | None = None
@@ -74,9 +79,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_archived_retention_days: PositiveFloat = 90.0
     snapshot_audit_retention_days: PositiveFloat = 365.0
 
+    # The ed25519 private key (PEM) that signs export manifests (docs/exports.md).
+    export_key_file: str | None = None
+
     # uvloop (libuv) runs the event loop of `fleet run` where it is installed; "asyncio"
     # chooses the standard library's loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    # "otlp": spans exported over OTLP/HTTP, configured by the standard OTEL_* variables
+    # (docs/tracing.md); "off": no tracer is created at all.
+    tracing: Literal["off", "otlp"] = "off"
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "auto"

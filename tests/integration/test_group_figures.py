@@ -35,6 +35,24 @@ async def test_lag_is_counted_when_deletions_leave_the_server_unsure(redis: Any)
     assert metric("fleet_group_lag", stream=STREAM, group=GROUP) == 67
 
 
+async def test_a_lag_counted_past_the_limit_is_exported_as_a_lower_bound(
+    redis: Any, monkeypatch: Any
+) -> None:
+    ids = await _fill(redis, 60)
+    await streams.ensure_group(redis, STREAM, GROUP)
+    await redis.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=10)
+    await redis.xdel(STREAM, ids[20])  # Valkey can no longer tell the lag
+    monkeypatch.setattr(streams, "LAG_COUNT_LIMIT", 25)
+    status = await _status(redis)
+    assert status.lag is not None and status.lag >= 25 and status.lag_estimated
+    await streams.refresh_gauges(redis, STREAM)
+    assert metric("fleet_group_lag_estimated", stream=STREAM, group=GROUP) == 1
+    monkeypatch.undo()
+    await streams.refresh_gauges(redis, STREAM)
+    assert metric("fleet_group_lag", stream=STREAM, group=GROUP) == 49
+    assert metric("fleet_group_lag_estimated", stream=STREAM, group=GROUP) == 0
+
+
 async def test_lag_of_a_group_that_read_nothing_counts_the_whole_stream(redis: Any) -> None:
     ids = await _fill(redis, 40)
     await streams.ensure_group(redis, STREAM, GROUP)

@@ -30,7 +30,7 @@ RUNBOOKS = OPS / "runbooks"
 K8S = OPS / "k8s"
 ACL_FILE = OPS / "valkey" / "users.acl"
 
-# worker -> (stream, consumer group), as in SPEC.md §3.
+# worker -> (stream, consumer group), as in docs/workers.md.
 STREAM_WORKERS: dict[str, tuple[str, str]] = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),
@@ -39,21 +39,22 @@ STREAM_WORKERS: dict[str, tuple[str, str]] = {
 WORKERS = [*STREAM_WORKERS, "snapshot-retention"]
 SHUTDOWN_GRACE_SECONDS = 25
 
-# Mirrors the metric names and types of SPEC.md §4 (runtime) and §5 (workers).
+# Mirrors the metric names and types of docs/operations.md ("Metrics").
 SPEC_METRICS: dict[str, str] = {
     "fleet_events_total": "counter",
     "fleet_event_handle_seconds": "histogram",
     "fleet_batch_size": "histogram",
     "fleet_stream_length": "gauge",
     "fleet_group_lag": "gauge",
+    "fleet_group_lag_estimated": "gauge",  # §8, figures SREs can trust
     "fleet_group_pending": "gauge",
     "fleet_oldest_pending_age_seconds": "gauge",
     "fleet_consumers": "gauge",
     "fleet_dead_letters_total": "counter",
     "fleet_reclaimed_total": "counter",
     "fleet_stream_trimmed_unconsumed_total": "counter",
-    "fleet_after_commit_failures_total": "counter",  # §8, worker statements
-    "fleet_connection_replaced_total": "counter",  # §8, connections
+    "fleet_after_commit_failures_total": "counter",  # worker statements
+    "fleet_connection_replaced_total": "counter",  # connections
     "fleet_scan_tte_seconds": "histogram",
     "fleet_scan_phase_duration_seconds": "histogram",
     "fleet_scans_total": "counter",
@@ -90,7 +91,7 @@ ALERTS = {
     "FleetSnapshotCritical",
 }
 
-# Commands a worker needs on Valkey (SPEC.md §4), plus CLIENT SETINFO, which
+# Commands a worker needs on Valkey (docs/kernel.md), plus CLIENT SETINFO, which
 # client libraries send on connect, and MULTI/EXEC, which wrap the XADD to the
 # dead-letter stream and the XACK of the original into one transaction.
 CONNECTION_COMMANDS = {"ping", "hello", "auth", "client|setname", "client|setinfo"}
@@ -197,7 +198,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def series_names(name: str) -> set[str]:
-    """The series a SPEC metric exposes: histograms as _bucket, _sum and _count."""
+    """The series a documented metric exposes: histograms as _bucket, _sum and _count."""
     if SPEC_METRICS[name] == "histogram":
         return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return {name}
@@ -208,7 +209,7 @@ def spec_series_names() -> set[str]:
 
 
 def allowed_metric_names() -> set[str]:
-    """Names a rule or runbook may use: SPEC series and our recording rules."""
+    """Names a rule or runbook may use: documented series and our recording rules."""
     return spec_series_names() | recording_names()
 
 
@@ -306,7 +307,7 @@ def test_rule_expressions_use_only_spec_metrics() -> None:
     }
     assert used
     unknown = {name: where for name, where in used.items() if name not in allowed}
-    assert not unknown, f"metric names not in SPEC.md: {unknown}"
+    assert not unknown, f"metric names not in docs/operations.md: {unknown}"
 
 
 def test_dashboard_queries_use_only_spec_metrics() -> None:
@@ -314,7 +315,7 @@ def test_dashboard_queries_use_only_spec_metrics() -> None:
     queries = dashboard_queries()
     assert queries
     unknown = [(where, name) for where, expr in queries for name in metric_names(expr) - allowed]
-    assert not unknown, f"dashboard queries use metric names not in SPEC.md: {unknown}"
+    assert not unknown, f"dashboard queries use metric names not in docs/operations.md: {unknown}"
 
 
 def test_dashboard_variables_use_only_spec_metrics() -> None:
@@ -326,7 +327,7 @@ def test_dashboard_variables_use_only_spec_metrics() -> None:
             query = query["query"] if isinstance(query, dict) else query
             match = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, *(\w+)\)", query)
             assert match, f"{name}: variable {variable['name']} has an unexpected query {query}"
-            assert match[1] in SPEC_METRICS, f"{name}: {match[1]} is not in SPEC.md"
+            assert match[1] in SPEC_METRICS, f"{name}: {match[1]} is not in docs/operations.md"
 
 
 def test_runbook_queries_use_only_spec_metrics() -> None:
@@ -511,7 +512,8 @@ def test_dockerfile_pins_python_311_slim_and_installs_the_package() -> None:
     bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert bases
     assert all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base) for base in bases), bases
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    # The package with its tracing extra, so FLEET_TRACING=otlp works in the image.
+    assert re.search(r'^RUN pip install "\.\[tracing\]"$', text, re.M)
     assert re.search(r"^USER \S+", text, re.M), "the image must not run as root"
 
 
@@ -720,8 +722,13 @@ def test_keda_scales_each_stream_worker_on_its_group(worker: str) -> None:
     assert spec["scaleTargetRef"]["name"] == worker
     assert spec["minReplicaCount"] >= 1
     assert spec["maxReplicaCount"] > spec["minReplicaCount"]
-    (trigger,) = spec["triggers"]
+    trigger, counted = spec["triggers"]
     assert trigger["type"] == "redis-streams"
+    # The lag the workers count when Valkey cannot report it (after XDEL/XTRIM).
+    assert counted["type"] == "prometheus"
+    query = counted["metadata"]["query"]
+    assert query == f'max(fleet_group_lag{{stream="{stream}",group="{group}"}})'
+    assert counted["metadata"]["threshold"] == trigger["metadata"]["lagCount"]
     metadata = trigger["metadata"]
     assert metadata["stream"] == stream
     assert metadata["consumerGroup"] == group

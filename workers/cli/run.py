@@ -13,6 +13,7 @@ from workers.db import migrate as apply_migrations
 from workers.errors import ConfigError, ExitCode
 from workers.logs import configure_logging
 from workers.shell import fail, out, run_async, settings
+from workers.tracing import tracing_for
 
 app = typer.Typer()
 
@@ -26,14 +27,18 @@ def run(
     """Run workers in this process until SIGTERM/SIGINT (graceful drain)."""
     catch_early_stop()
     cfg = settings()
-    configure_logging(cfg.log_level, cfg.log_format)
+    configure_logging(cfg.log_level, cfg.log_format, traced=cfg.tracing != "off")
     names = list(worker or [])
     try:
         resolve(names)
     except ConfigError as exc:
         raise fail(str(exc), exc.exit_code) from None
     fleet = Fleet(cfg, names)
-    run_async(fleet.run, cfg.event_loop)
+    try:
+        with tracing_for(cfg):
+            run_async(fleet.run, cfg.event_loop)
+    except ConfigError as exc:
+        raise fail(str(exc), exc.exit_code) from None
     if fleet.failed:
         raise typer.Exit(ExitCode.FAILED)
 

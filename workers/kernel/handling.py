@@ -18,6 +18,10 @@ Failures of a commit, by what they say about trying again (:func:`workers.db.cla
 ``after_commit`` runs once the transaction committed, outside any retry: a failure
 there is logged and counted (``fleet_after_commit_failures_total``), and the batch is
 never applied again.
+
+With tracing on, a batch is handled inside its ``process`` span (``docs/tracing.md``):
+its PostgreSQL statements are child spans, retries, isolation, releases and dead
+letters are span events. With tracing off, ``spans`` is None and nothing else happens.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from workers import metrics
+from workers import metrics, tracing
 from workers.db import Failure, classify, sqlstate_of
 from workers.errors import Permanent, error_text
 from workers.kernel.inbox import Inbox, apply_new
@@ -38,6 +42,9 @@ from workers.kernel.stopping import Stopping
 from workers.kernel.triage import Item, Triage, Triaged
 from workers.kernel.worker import Worker
 
+if TYPE_CHECKING:
+    from workers.tracing.spans import ConsumerSpans
+
 
 @dataclass(slots=True)
 class Batch:
@@ -45,6 +52,8 @@ class Batch:
     # Delivery counts for entries read from a pending list; ``None``: first delivery.
     counts: dict[bytes, int] | None = None
     source: str = "new"
+    # The context of the read's receive span (tracing on), parent of the process span.
+    trace: Any = None
 
 
 @dataclass(slots=True)
@@ -63,8 +72,10 @@ class BatchHandler:
         settler: Settler,
         hard_stop: Stopping,
         log: Any,
+        spans: ConsumerSpans | None = None,
     ) -> None:
         settings = worker.resources.settings
+        self._spans = spans
         self._worker = worker
         self._inbox = inbox
         self._settler = settler
@@ -74,14 +85,27 @@ class BatchHandler:
         self._max_deliveries = settings.max_deliveries
         self._budget = settings.retry_budget_seconds or worker.reclaim_idle_seconds / 2
         self.triage = triage_for(worker)
-        self._retries = metrics.EVENTS.labels(worker.stream, worker.group, "batch", "retried")
+        # Labelled with the key read, like every runtime metric: a partition's own key.
+        self._retries = metrics.EVENTS.labels(settler.stream, worker.group, "batch", "retried")
         self._after_commit_failures = metrics.AFTER_COMMIT_FAILURES.labels(
-            worker.stream, worker.group
+            settler.stream, worker.group
         )
 
     async def handle(self, batch: Batch) -> None:
         started = time.perf_counter()
+        spans = self._spans
+        if spans is None:
+            await self._handle(batch, self.triage(batch.entries, batch.counts), started)
+            return
+        started_ns = time.time_ns()
         out = self.triage(batch.entries, batch.counts)
+        traceparents = [item.event.traceparent for item in out.items]
+        with spans.processing(
+            batch.trace, len(batch.entries), batch.source, traceparents, started_ns
+        ):
+            await self._handle(batch, out, started)
+
+    async def _handle(self, batch: Batch, out: Triaged, started: float) -> None:
         if out.items:
             await self._apply(out.items, out)
         await self._settler.settle(out)
@@ -101,6 +125,7 @@ class BatchHandler:
                 self._settle(items[0], exc, out)
                 return
             self._log.info("batch.isolating", size=len(items), error=error_text(exc))
+            tracing.event("isolating", size=len(items), error=error_text(exc))
         deadline = time.monotonic() + self._budget
         for index, item in enumerate(items):
             late = time.monotonic() >= deadline
@@ -180,6 +205,12 @@ class BatchHandler:
                 deliveries=item.deliveries,
                 error=error_text(exc),
             )
+            tracing.event(
+                "released",
+                entry_id=item.entry_id.decode(),
+                deliveries=item.deliveries,
+                error=error_text(exc),
+            )
 
     async def _backoff(self, seconds: float) -> None:
         # A hard stop ends the wait; the next attempt's failure then ends the retrying.
@@ -191,6 +222,11 @@ class BatchHandler:
             "batch.retrying",
             attempt=state.attempt_number,
             error=None if error is None else error_text(error),
+        )
+        tracing.event(
+            "retry",
+            attempt=state.attempt_number,
+            error="" if error is None else error_text(error),
         )
         self._retries.inc()
 

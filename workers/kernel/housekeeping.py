@@ -43,6 +43,7 @@ class Housekeeping:
         cursor: bytes | str = "0-0"
         interval = min(self._settings.reclaim_interval_seconds, self._idle_ms / 1000)
         while not await stopping.sleep(interval):
+            started = self._reader.clock()
             try:
                 reply = await self._m.redis.xautoclaim(
                     self._m.stream,
@@ -62,7 +63,7 @@ class Housekeeping:
                 continue
             metrics.RECLAIMED.labels(self._m.stream, self._m.group).inc(len(claimed))
             self._m.log.info("entries.reclaimed", count=len(claimed))
-            await self._reader.enqueue(Batch(claimed, counts, "reclaimed"))
+            await self._reader.enqueue(Batch(claimed, counts, "reclaimed"), started, "XAUTOCLAIM")
 
     async def heartbeat(self, stopping: Stopping) -> None:
         """Keep held entries from looking idle to other consumers; runs until cancelled,

@@ -8,13 +8,14 @@ while the processors decode; read batches wait in a bounded queue
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 
 from workers import streams
+from workers.cluster import reads_client
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS
 from workers.kernel.handling import Batch
@@ -22,6 +23,9 @@ from workers.kernel.held import HeldEntries
 from workers.kernel.member import Member
 from workers.kernel.stopping import Stopping
 from workers.kernel.triage import shape_reply
+
+if TYPE_CHECKING:
+    from workers.tracing.spans import ConsumerSpans
 
 _MAX_BACKOFF = 5.0
 
@@ -38,12 +42,13 @@ class Reader:
         block_ms: int,
         readers: int,
         processors: int,
+        spans: ConsumerSpans | None = None,
     ) -> None:
         self._m = member
-        # Reads go through a client of the same pool whose XREADGROUP replies are shaped
-        # by shape_reply (no Python call per entry).
-        self._reads: Any = aioredis.Redis(connection_pool=member.redis.connection_pool)
-        self._reads.set_response_callback("XREADGROUP", shape_reply)
+        self._spans = spans
+        # Reads go through a client (of the same pool, or the cluster client) whose
+        # XREADGROUP replies are shaped by shape_reply (no Python call per entry).
+        self._reads: Any = reads_client(member.redis, shape_reply)
         self._held = held
         self._queue = queue
         self._stopping = stopping
@@ -66,9 +71,17 @@ class Reader:
                 for _ in range(self._processors):
                     await self._queue.put(None)
 
-    async def enqueue(self, batch: Batch) -> None:
+    async def enqueue(self, batch: Batch, started_ns: int = 0, command: str = "") -> None:
+        """Hold ``batch``'s entries and queue it; with tracing on, its read (``command``,
+        started at ``started_ns``) is recorded as a receive span first."""
+        if self._spans is not None and command:
+            batch.trace = self._spans.received(batch.entries, started_ns, command)
         self._held.take(entry_id for entry_id, _ in batch.entries)
         await self._queue.put(batch)
+
+    def clock(self) -> int:
+        """The start of a read, for its receive span: 0 with tracing off (no clock read)."""
+        return time.time_ns() if self._spans is not None else 0
 
     async def delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         """``XPENDING stream group first last count consumer``: how often each was delivered."""
@@ -91,6 +104,7 @@ class Reader:
             await self._drained.wait()
         last_own = b"0"
         while not self._stopping.is_set():
+            started = self.clock()
             try:
                 if own_left:
                     entries = await self._reads.xreadgroup(
@@ -103,13 +117,20 @@ class Reader:
                         continue
                     last_own = entries[-1][0]
                     counts = await self.delivery_counts([e[0] for e in entries])
-                    await self.enqueue(Batch(entries, counts, "own-pending"))
+                    await self.enqueue(Batch(entries, counts, "own-pending"), started, "XREADGROUP")
                     continue
                 entries = await self._reads.xreadgroup(
                     self._m.group, self._m.name, {self._m.stream: ">"},
                     count=self._batch_size, block=self._block_ms,
                 )  # fmt: skip
                 backoff = 0.1
+            except REDIS_ERRORS as exc:
+                # Before ResponseError: a cluster slot without its primary is both.
+                self._m.log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
+                if await self._stopping.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
             except redis_exc.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     # The stream or group was deleted under us (e.g. by an operator): recreate.
@@ -124,11 +145,5 @@ class Reader:
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            except REDIS_ERRORS as exc:
-                self._m.log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
-                if await self._stopping.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
             if entries:
-                await self.enqueue(Batch(entries))
+                await self.enqueue(Batch(entries), started, "XREADGROUP")

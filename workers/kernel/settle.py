@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.exceptions as redis_exc
 
-from workers import metrics, streams
+from workers import metrics, streams, tracing
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS, Acker
 from workers.kernel.held import HeldEntries
@@ -37,6 +37,11 @@ class Settler:
         # One line per event outcome only at debug: building it costs more than the event.
         self._debug = debug
         self._children: dict[tuple[str, str], Any] = {}
+
+    @property
+    def stream(self) -> str:
+        """The stream key settled on (a partition's key when streams are partitioned)."""
+        return self._m.stream
 
     def committed(self, items: Sequence[Item], fresh: Sequence[Item], out: Triaged) -> None:
         """``items`` committed; those not in ``fresh`` had been handled before."""
@@ -92,6 +97,12 @@ class Settler:
                     type=type_label(letter.fields.get(b"type")),
                     reason=letter.reason,
                     error=letter.error[:200],
+                )
+                tracing.event(
+                    "dead_letter",
+                    entry_id=letter.entry_id.decode(errors="replace"),
+                    reason=letter.reason,
+                    deliveries=letter.deliveries,
                 )
             break
         self._held.release([letter.entry_id for letter in dead])

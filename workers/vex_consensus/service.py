@@ -69,6 +69,9 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: uuid.UUID = SYSTEM_TENANT
     causation_id: str | None = None
     correlation_id: str | None = None
+    # The trace the published event continues (docs/tracing.md): the batch's process span
+    # with tracing on, else the triggering event's own traceparent.
+    traceparent: str | None = None
 
 
 _NO_TRIGGER: Final = Trigger()
@@ -206,6 +209,7 @@ def _event(
         "source": SOURCE,
         "correlation_id": trigger.correlation_id,
         "causation_id": trigger.causation_id,
+        "traceparent": trigger.traceparent,
         "component_purl": pair[0],
         "vulnerability_id": pair[1],
         "computed_at": computed_at,
@@ -357,7 +361,9 @@ async def set_trust(
 _event_decoder = msgspec.json.Decoder(ConsensusUpdated)
 
 
-async def publish_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: int = 500) -> int:
+async def publish_outbox(
+    pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: int = 500, partitions: int = 1
+) -> int:
     """Move outbox rows to ``vex:consensus`` (``XADD``), oldest first; returns how many.
 
     Rows are claimed ``FOR UPDATE SKIP LOCKED``, so concurrent flushers (several
@@ -381,7 +387,7 @@ async def publish_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: in
                     # Written by this module, so only a contract limit (e.g. a purl longer
                     # than the contract allows) lands here; it can never be published.
                     log.error("vex.outbox_unpublishable", event_id=str(event_id), error=problem)
-            await publish(redis, CONSENSUS_STREAM, events)
+            await publish(redis, CONSENSUS_STREAM, events, partitions=partitions)
             await store.delete_outbox(conn, [event_id for event_id, _ in rows])
         published += len(events)
         if len(rows) < batch:

@@ -27,7 +27,7 @@ import redis.exceptions as redis_exc
 import structlog
 
 from contracts.concelier import ConcelierEvent
-from workers import metrics, streams
+from workers import metrics, streams, tracing
 from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
@@ -58,15 +58,21 @@ def vulnerability_ids(event: ConcelierEvent) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
-def advisory_pairs(events: Sequence[ConcelierEvent]) -> dict[Pair, Trigger]:
+def advisory_pairs(
+    events: Sequence[ConcelierEvent], traceparent: str | None = None
+) -> dict[Pair, Trigger]:
     """Every (purl, vulnerability) pair the advisories touch, with the first event
-    that touched it (pure): affected purls (canonical) x (advisory id + aliases)."""
+    that touched it (pure): affected purls (canonical) x (advisory id + aliases).
+
+    The events published for a pair continue ``traceparent`` (the batch's process span)
+    when given, else the triggering event's own trace."""
     pairs: dict[Pair, Trigger] = {}
     for event in events:
         trigger = Trigger(
             tenant_id=event.tenant_id,
             causation_id=str(event.event_id),
             correlation_id=event.correlation_id,
+            traceparent=traceparent or event.traceparent,
         )
         purls = canonical_purls(a.purl for a in event.affected)
         for vulnerability_id in vulnerability_ids(event):
@@ -93,7 +99,7 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         return purl_problem(a.purl for a in event.affected)
 
     async def apply(self, tx: Tx, fresh: Sequence[ConcelierEvent]) -> RecomputeReport:
-        triggers = advisory_pairs(fresh)
+        triggers = advisory_pairs(fresh, tracing.current_traceparent())
         return await service.recompute(
             await tx.connection(), triggers, reason="advisory_drift", triggers=triggers
         )
@@ -133,7 +139,11 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         pool = self.resources.pool
         assert pool is not None
         try:
-            published = await service.publish_outbox(pool, self.resources.redis)
+            published = await service.publish_outbox(
+                pool,
+                self.resources.redis,
+                partitions=self.resources.settings.stream_partitions,
+            )
         except _PUBLISH_ERRORS as exc:
             # Committed results stay in the outbox; the background task publishes them.
             self._log.warning("vex.publish_deferred", error=str(exc)[:200])
