@@ -61,8 +61,8 @@ def test_malformed_durations_are_one_line_errors(text: str) -> None:
 
 
 def test_durations_round_trip_through_format() -> None:
-    for text in ("P7D", "PT36H", "P1DT2H3M4S", "PT0S"):
-        assert format_duration(parse_duration(text)) == format_duration(parse_duration(text))
+    for text in ("P7D", "PT5M", "P1DT2H3M4S", "PT0S"):
+        assert format_duration(parse_duration(text)) == text
     assert format_duration(parse_duration("PT36H")) == "P1DT12H"
 
 

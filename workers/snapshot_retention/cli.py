@@ -325,9 +325,10 @@ def retention(
 ) -> None:
     """Apply the retention rules (or print the plan with --dry-run).
 
-    Previous snapshots are archived after 30 days, archived ones deleted after 90 (object
-    removed, record kept), active ones never; holds block every action. Only one process
-    in the fleet applies a plan at a time; the others report that they skipped.
+    Previous snapshots are archived after FLEET_SNAPSHOT_PREVIOUS_RETENTION_DAYS (30),
+    archived ones deleted after FLEET_SNAPSHOT_ARCHIVED_RETENTION_DAYS (90; object removed,
+    record kept), active ones never; holds block every action. Only one process in the
+    fleet applies a plan at a time; the others report that they skipped.
     """
     at = instant_arg(now) or utcnow()
     cfg = settings()
