@@ -293,7 +293,8 @@ def sla(
         return
     entries = body.sla if isinstance(body.sla, list) else [body.sla]
     table = Table(title="snapshot freshness")
-    for column in ("tool", "snapshot", "age", "state", "warning", "next check", "reason"):
+    columns = ("tool", "snapshot", "age", "state", "warning", "thresholds", "next check", "reason")
+    for column in columns:
         table.add_column(column)
     colours = {"fresh": "green", "stale": "yellow", "critical": "red", "expired": "red"}
     for e in entries:
@@ -303,6 +304,7 @@ def sla(
             e.age or "-",
             f"[{colours[str(e.state)]}]{e.state}[/]",
             "yes" if e.warning else "no",
+            f"{e.thresholds.max_age}/{e.thresholds.stale}/{e.thresholds.critical}",
             "-" if e.next_check is None else rfc3339(e.next_check),
             e.reason,
         )
