@@ -179,6 +179,11 @@ SNAPSHOT_FRESHNESS = Gauge(
     "1 for the tool's current freshness state, 0 for the others.",
     ["tool", "state"],
 )
+SNAPSHOT_THRESHOLD = Gauge(
+    "fleet_snapshot_threshold_seconds",
+    "Freshness thresholds in force for the tool (threshold: max_age, stale, critical).",
+    ["tool", "threshold"],
+)
 SNAPSHOT_RETENTION_ACTIONS = Counter(
     "fleet_snapshot_retention_actions_total", "Retention actions applied.", ["action"]
 )
@@ -251,6 +256,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_notify_delivery_latency_seconds",
         "fleet_snapshot_age_seconds",
         "fleet_snapshot_freshness",
+        "fleet_snapshot_threshold_seconds",
         "fleet_snapshot_retention_actions_total",
         "fleet_snapshot_rollbacks_total",
     }

@@ -73,6 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_max_age_days: PositiveFloat = 7.0
     snapshot_stale_days: PositiveFloat = 14.0
     snapshot_critical_days: PositiveFloat = 30.0
+    # Snapshot retention (docs/snapshots.md): previous -> archived, archived -> deleted,
+    # and the age below which `fleet snapshots audit prune` keeps audit records.
+    snapshot_previous_retention_days: PositiveFloat = 30.0
+    snapshot_archived_retention_days: PositiveFloat = 90.0
+    snapshot_audit_retention_days: PositiveFloat = 365.0
 
     # The ed25519 private key (PEM) that signs export manifests (docs/exports.md).
     export_key_file: str | None = None

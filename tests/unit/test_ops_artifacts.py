@@ -67,6 +67,7 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_notify_delivery_latency_seconds": "histogram",
     "fleet_snapshot_age_seconds": "gauge",
     "fleet_snapshot_freshness": "gauge",
+    "fleet_snapshot_threshold_seconds": "gauge",
     "fleet_snapshot_retention_actions_total": "counter",
     "fleet_snapshot_rollbacks_total": "counter",
 }

@@ -1,4 +1,4 @@
-"""Specification of the snapshot governance core (SPEC §5.4, seed 001): ids, records, the
+"""Specification of the snapshot governance core (docs/snapshots.md, seed 001): ids, records, the
 state machine, activation, rollback, freshness, retention, the audit chain and payloads."""
 
 import random

@@ -170,7 +170,10 @@ class ScanMetricsRetention:
     async def run(self, stopping: Stopping) -> None:
         schedule = self.settings.retention_schedule
         while True:
-            await self.run_once()
+            try:
+                await self.run_once()
+            except Exception as exc:  # noqa: BLE001 - housekeeping must never stop consuming
+                log.warning("scan_metrics.retention_failed", error=error_text(exc))
             wait = (next_run(schedule, datetime.now(UTC)) - datetime.now(UTC)).total_seconds()
             if await stopping.sleep(wait):
                 return

@@ -3,10 +3,13 @@
 ``GET  /api/v1/ingest/snapshots?tool=&state=``  -> ``{"snapshots": [record, ...]}``
 ``GET  /api/v1/ingest/snapshots/{id}``          -> the seed's snapshot record
 ``POST /api/v1/ingest/snapshots/{id}/rollback`` -> ``{"rollback": {...}}``
+``POST /api/v1/ingest/snapshots/{id}/expire``   -> ``{"expiry": {...}}`` (manual expiry)
 ``GET  /api/v1/ingest/sla?tool=``               -> ``{"sla": {...}}`` (or a list for all tools)
+``GET  /api/v1/ingest/thresholds``              -> ``{"thresholds": [...]}`` (per tool, ``*``)
 
-Reads are open like ``/metrics``. The rollback needs ``Authorization: Bearer <token>``
+Reads are open like ``/metrics``. Rollback and expiry need ``Authorization: Bearer <token>``
 matching ``FLEET_API_TOKEN``; with no token configured, mutating calls are disabled (401).
+The expiry body is ``{"reason": "..."}``. See docs/snapshots.md.
 Its JSON body takes ``reason`` (required), ``dryRun``, ``force`` and ``trigger``; unknown
 fields are refused, so a misspelt ``dry_run`` cannot turn a dry run into a real rollback.
 Errors are ``{"error": {"status": N, "message": "..."}}``.
@@ -21,19 +24,30 @@ import msgspec
 from aiohttp import web
 
 from workers.settings import Settings
-from workers.snapshot_retention.api_shapes import ListResponse, RollbackRequest
-from workers.snapshot_retention.changes import RollbackDenied, RollbackFailed
+from workers.snapshot_retention.api_shapes import (
+    ExpireRequest,
+    ExpiryResponse,
+    ListResponse,
+    RollbackRequest,
+    ThresholdsResponse,
+    expiry_body,
+    thresholds_body,
+)
+from workers.snapshot_retention.base import SnapshotNotFound
+from workers.snapshot_retention.changes import ExpiryDenied, RollbackDenied, RollbackFailed
 from workers.snapshot_retention.ids import parse_snapshot_id, validate_tool
 from workers.snapshot_retention.lifecycle import RollbackTrigger
 from workers.snapshot_retention.records import SnapshotState
 from workers.snapshot_retention.service import Snapshots
 
 API_ACTOR = "api"
-"""``executedBy`` of API rollbacks: the token is shared, so it names no person."""
+"""``executedBy`` of API rollbacks and expiries: the token is shared, so it names no
+person."""
 
 
 _encoder = msgspec.json.Encoder()
 _rollback_decoder = msgspec.json.Decoder(RollbackRequest)
+_expire_decoder = msgspec.json.Decoder(ExpireRequest)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -121,6 +135,37 @@ class SnapshotApi:
             return _error(500, str(exc))
         return _json(result)
 
+    async def expire(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        snapshot_id = request.match_info["snapshot_id"]
+        try:
+            parse_snapshot_id(snapshot_id)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        try:
+            body = _expire_decoder.decode(await request.read())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f"malformed request body: {exc}")
+        if not body.reason.strip():
+            return _error(400, "malformed request body: reason must not be empty")
+        try:
+            change = await self.snapshots.expire(snapshot_id, reason=body.reason, actor=API_ACTOR)
+        except SnapshotNotFound as exc:
+            return _error(404, str(exc))
+        except ExpiryDenied as exc:
+            return _error(409, str(exc))
+        return _json(ExpiryResponse(expiry=expiry_body(change, reason=body.reason)))
+
+    async def thresholds(self, request: web.Request) -> web.Response:
+        found = await self.snapshots.thresholds()
+        return _json(
+            ThresholdsResponse(
+                thresholds=[thresholds_body(t.tool, t.thresholds, t.source) for t in found]
+            )
+        )
+
     async def sla(self, request: web.Request) -> web.Response:
         tool = request.query.get("tool") or None
         if tool is not None:
@@ -137,5 +182,7 @@ def routes(snapshots: Snapshots, settings: Settings) -> list[web.RouteDef]:
         web.get("/api/v1/ingest/snapshots", api.list_snapshots),
         web.get("/api/v1/ingest/snapshots/{snapshot_id}", api.show),
         web.post("/api/v1/ingest/snapshots/{snapshot_id}/rollback", api.rollback),
+        web.post("/api/v1/ingest/snapshots/{snapshot_id}/expire", api.expire),
         web.get("/api/v1/ingest/sla", api.sla),
+        web.get("/api/v1/ingest/thresholds", api.thresholds),
     ]

@@ -16,8 +16,13 @@ from workers.snapshot_retention.freshness import (
     FreshnessThresholds,
     tool_report,
 )
-from workers.snapshot_retention.lifecycle import RollbackPlan, RollbackTrigger, index_snapshots
-from workers.snapshot_retention.records import Snapshot
+from workers.snapshot_retention.lifecycle import (
+    RollbackPlan,
+    RollbackTrigger,
+    StateChange,
+    index_snapshots,
+)
+from workers.snapshot_retention.records import Snapshot, SnapshotState
 from workers.snapshot_retention.times import format_duration, utc
 
 # --------------------------------------------------------------------------------------------
@@ -33,6 +38,64 @@ class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class ListResponse(msgspec.Struct, frozen=True, kw_only=True):
     snapshots: list[Snapshot]
+
+
+class ExpireRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /api/v1/ingest/snapshots/{id}/expire``."""
+
+    reason: str
+
+
+class ExpiryResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    snapshot_id: str
+    tool: str
+    from_state: SnapshotState | None
+    state: SnapshotState
+    expired_at: datetime
+    reason: str
+
+
+class ExpiryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """``{"expiry": {...}}``: what a manual expiry did."""
+
+    expiry: ExpiryResult
+
+
+def expiry_body(change: StateChange, *, reason: str) -> ExpiryResult:
+    return ExpiryResult(
+        snapshot_id=change.snapshot_id,
+        tool=change.snapshot.tool,
+        from_state=change.from_state,
+        state=change.to_state,
+        expired_at=utc("at", change.at),
+        reason=reason,
+    )
+
+
+class ThresholdsView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One tool's thresholds in the seed's form (``*``: the fleet default)."""
+
+    tool: str
+    max_age: str
+    stale: str
+    critical: str
+    source: str
+
+
+class ThresholdsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/v1/ingest/thresholds``: ``{"thresholds": [...]}``."""
+
+    thresholds: list[ThresholdsView]
+
+
+def thresholds_body(tool: str, limits: FreshnessThresholds, source: str) -> ThresholdsView:
+    return ThresholdsView(
+        tool=tool,
+        max_age=format_duration(limits.max_age),
+        stale=format_duration(limits.stale_warning),
+        critical=format_duration(limits.critical),
+        source=source,
+    )
 
 
 # --------------------------------------------------------------------------------------------

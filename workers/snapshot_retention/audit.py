@@ -155,25 +155,27 @@ class ChainBreak(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def verify_chain(
-    records: Iterable[AuditRecord], *, start_hash: str = GENESIS_HASH
+    records: Iterable[AuditRecord], *, start_hash: str = GENESIS_HASH, start_seq: int = 0
 ) -> ChainBreak | None:
     """Check an audit log in seq order; None when intact, else the first bad record.
 
-    ``start_hash`` is the prev_hash the first record must carry: the genesis value for a
-    whole log, or the last verified hash when checking a tail.
+    ``start_hash`` is the prev_hash the first record must carry and ``start_seq`` the seq it
+    must exceed: the genesis value and 0 for a whole log, a pruning anchor's ``last_hash``
+    and ``last_seq`` for a pruned one, or the last verified record when checking a tail.
     """
     expected = start_hash
-    last_seq: int | None = None
+    last_seq = start_seq
     for index, record in enumerate(records):
-        if last_seq is not None and record.seq <= last_seq:
+        if record.seq <= last_seq:
             return ChainBreak(
                 index=index, seq=record.seq, reason=f"seq {record.seq} does not follow {last_seq}"
             )
         if record.prev_hash != expected:
+            before = "the record before it" if index else "the chain's start (genesis or anchor)"
             return ChainBreak(
                 index=index,
                 seq=record.seq,
-                reason="prev_hash is not the hash of the record before it",
+                reason=f"prev_hash is not the hash of {before}",
             )
         try:
             actual = chain_hash(record.prev_hash, audit_body(record.seq, record))
@@ -186,6 +188,120 @@ def verify_chain(
         expected = record.hash
         last_seq = record.seq
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# pruning anchors
+
+
+class AuditAnchor(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of ``ingest.snapshot_audit_anchors``: records up to ``last_seq`` (whose hash
+    was ``last_hash``) were pruned; the first kept record chains onto ``last_hash``.
+    Anchors chain among themselves like the records do."""
+
+    anchor_seq: int
+    last_seq: int
+    last_hash: str
+    pruned_records: int
+    pruned_before: datetime
+    actor: str
+    created_at: datetime
+    prev_hash: str
+    hash: str
+
+
+def anchor_body(anchor: AuditAnchor) -> dict[str, object]:
+    """The hashed part of an anchor: every column except ``prev_hash`` and ``hash``."""
+    return {
+        "anchor_seq": anchor.anchor_seq,
+        "last_seq": anchor.last_seq,
+        "last_hash": anchor.last_hash,
+        "pruned_records": anchor.pruned_records,
+        "pruned_before": anchor.pruned_before,
+        "actor": anchor.actor,
+        "created_at": anchor.created_at,
+    }
+
+
+class PrunePlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``audit prune`` removes: the records after the current anchor up to and
+    including ``last``, and the anchor that replaces them."""
+
+    records: int
+    last: AuditRecord
+    anchor: AuditAnchor
+
+
+def plan_prune(
+    records: Iterable[AuditRecord],
+    before: datetime,
+    *,
+    previous_anchor: AuditAnchor | None,
+    actor: str,
+    at: datetime,
+) -> PrunePlan | None:
+    """Plan pruning the records (given in seq order, from the chain's current start) that
+    occurred before ``before``: the longest prefix of them, never the newest record (the
+    next append chains onto it). None when nothing is due.
+
+    The prefix must verify from the current start: pruning a broken chain would destroy
+    the evidence, so a :class:`ValueError` names the first bad record instead."""
+    start_hash = GENESIS_HASH if previous_anchor is None else previous_anchor.last_hash
+    start_seq = 0 if previous_anchor is None else previous_anchor.last_seq
+    listed = list(records)
+    prefix: list[AuditRecord] = []
+    for record in listed[:-1]:
+        if utc("occurred_at", record.occurred_at) >= utc("before", before):
+            break
+        prefix.append(record)
+    if not prefix:
+        return None
+    broken = verify_chain(prefix, start_hash=start_hash, start_seq=start_seq)
+    if broken is not None:
+        raise ValueError(
+            f"refusing to prune: the audit chain is broken at audit-{broken.seq} ({broken.reason})"
+        )
+    last = prefix[-1]
+    unsealed = AuditAnchor(
+        anchor_seq=1 if previous_anchor is None else previous_anchor.anchor_seq + 1,
+        last_seq=last.seq,
+        last_hash=last.hash,
+        pruned_records=len(prefix),
+        pruned_before=utc("before", before),
+        actor=actor,
+        created_at=utc("at", at),
+        prev_hash=GENESIS_HASH if previous_anchor is None else previous_anchor.hash,
+        hash=GENESIS_HASH,
+    )
+    anchor = msgspec.structs.replace(
+        unsealed, hash=chain_hash(unsealed.prev_hash, anchor_body(unsealed))
+    )
+    return PrunePlan(records=len(prefix), last=last, anchor=anchor)
+
+
+def verify_anchors(anchors: Iterable[AuditAnchor]) -> str | None:
+    """Check the anchors in ``anchor_seq`` order; None when intact, else why not."""
+    expected, last_seq = GENESIS_HASH, 0
+    for number, anchor in enumerate(anchors, start=1):
+        name = f"anchor {anchor.anchor_seq}"
+        if anchor.anchor_seq != number:
+            return f"{name} is out of order (expected anchor {number})"
+        if anchor.prev_hash != expected:
+            return f"{name}: prev_hash is not the hash of the anchor before it"
+        if anchor.last_seq <= last_seq:
+            return f"{name}: last_seq {anchor.last_seq} does not follow {last_seq}"
+        try:
+            actual = chain_hash(anchor.prev_hash, anchor_body(anchor))
+        except (TypeError, ValueError) as exc:
+            return f"{name} cannot be hashed: {exc}"
+        if actual != anchor.hash:
+            return f"{name}: hash does not match the anchor's content"
+        expected, last_seq = anchor.hash, anchor.last_seq
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the drafts of each event
 
 
 def imported_draft(snapshot: Snapshot, *, actor: str, at: datetime) -> AuditDraft:

@@ -17,7 +17,7 @@ import structlog
 
 from workers import s3 as s3io
 from workers.errors import ConfigError, FleetError
-from workers.metrics import SNAPSHOT_AGE, SNAPSHOT_FRESHNESS
+from workers.metrics import SNAPSHOT_AGE, SNAPSHOT_FRESHNESS, SNAPSHOT_THRESHOLD
 from workers.settings import Settings
 from workers.snapshot_retention import store
 from workers.snapshot_retention.freshness import (
@@ -74,7 +74,11 @@ def freshness_policy(settings: Settings) -> FreshnessPolicy:
 def retention_policy(settings: Settings) -> RetentionPolicy:
     """The retention rules from settings; a bad value is a one-line ConfigError."""
     try:
-        return RetentionPolicy(schedule=settings.retention_schedule)
+        return RetentionPolicy(
+            previous_max_age=timedelta(days=settings.snapshot_previous_retention_days),
+            archived_max_age=timedelta(days=settings.snapshot_archived_retention_days),
+            schedule=settings.retention_schedule,
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid FLEET_RETENTION_SCHEDULE: {exc}") from None
 
@@ -116,6 +120,14 @@ class SnapshotsBase:
         async with self.pool.acquire() as conn:
             return await store.get_snapshot(conn, snapshot_id)
 
+    async def policy(self, conn: store.Conn) -> FreshnessPolicy:
+        """The thresholds in force: the fleet defaults from settings, overridden per tool by
+        ``ingest.freshness_thresholds`` (``fleet snapshots thresholds set``)."""
+        stored = await store.load_thresholds(conn)
+        return FreshnessPolicy(
+            default=self.freshness.default, tools={**self.freshness.tools, **stored}
+        )
+
     async def freshness_report(self, tool: str, now: datetime | None = None) -> FreshnessReport:
         at = now or utcnow()
         async with self.pool.acquire() as conn:
@@ -124,7 +136,8 @@ class SnapshotsBase:
                 tool=validate_tool(tool),
                 states=[SnapshotState.ACTIVE, SnapshotState.EXPIRED],
             )
-        return tool_report(tool, snapshots, self.freshness, at)
+            policy = await self.policy(conn)
+        return tool_report(tool, snapshots, policy, at)
 
     async def _verified_payload(self, snapshot: Snapshot) -> bytes:
         data = await s3io.get_object(self.s3, self.bucket, snapshot.object_key)
@@ -140,6 +153,15 @@ class SnapshotsBase:
 
 
 def set_gauges(report: FreshnessReport) -> None:
+    """Age, freshness state and the thresholds in force for one tool: alert rules compare
+    the age against ``fleet_snapshot_threshold_seconds`` of the same tool."""
+    limits = report.thresholds
+    for name, value in (
+        ("max_age", limits.max_age),
+        ("stale", limits.stale_warning),
+        ("critical", limits.critical),
+    ):
+        SNAPSHOT_THRESHOLD.labels(tool=report.tool, threshold=name).set(value.total_seconds())
     if report.age is None:
         with contextlib.suppress(KeyError):
             SNAPSHOT_AGE.remove(report.tool)

@@ -35,13 +35,16 @@ from workers.snapshot_retention.base import (
     log,
     utcnow,
 )
-from workers.snapshot_retention.freshness import FreshnessState, evaluate_freshness
+from workers.snapshot_retention.freshness import FreshnessPolicy, FreshnessState, evaluate_freshness
 from workers.snapshot_retention.ids import next_snapshot_id, parse_snapshot_id, validate_tool
 from workers.snapshot_retention.lifecycle import (
+    ExpiryRefused,
     RollbackPlan,
     RollbackRefused,
     RollbackTrigger,
+    StateChange,
     activate,
+    plan_expiry,
     plan_rollback,
 )
 from workers.snapshot_retention.payload import (
@@ -69,6 +72,10 @@ class RollbackDenied(SnapshotError):
     """The target failed verification (see :class:`RollbackRefused`); nothing changed."""
 
 
+class ExpiryDenied(SnapshotError):
+    """The snapshot cannot be expired (already expired or deleted); nothing changed."""
+
+
 class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
     snapshot: Snapshot
     previous: str | None
@@ -77,6 +84,16 @@ class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
 def _check_version(tool_version: str) -> None:
     if not tool_version.strip():
         raise ValueError("tool version is empty")
+
+
+def _check_target_freshness(target: Snapshot, policy: FreshnessPolicy, at: datetime) -> None:
+    as_active = msgspec.structs.replace(target, state=SnapshotState.ACTIVE)
+    report = evaluate_freshness(as_active, policy, at)
+    if report.state is FreshnessState.CRITICAL:
+        raise RollbackDenied(
+            f"rollback of {target.tool} refused: target {target.snapshot_id} would be "
+            f"critical ({report.reason}); force the rollback to accept stale data"
+        )
 
 
 class Changes(SnapshotsBase):
@@ -218,7 +235,7 @@ class Changes(SnapshotsBase):
             except RollbackRefused as exc:
                 raise RollbackDenied(f"rollback of {tool} refused: {exc}") from None
             if not force:
-                self._check_target_freshness(plan.target, at)
+                _check_target_freshness(plan.target, await self.policy(conn), at)
             data = await self._target_payload(plan.target)
             if dry_run:
                 log.info(
@@ -260,15 +277,6 @@ class Changes(SnapshotsBase):
         await self._refresh_tool_gauges(tool)
         return rollback_response(plan, status="completed", executed_by=actor, reason=reason)
 
-    def _check_target_freshness(self, target: Snapshot, at: datetime) -> None:
-        as_active = msgspec.structs.replace(target, state=SnapshotState.ACTIVE)
-        report = evaluate_freshness(as_active, self.freshness, at)
-        if report.state is FreshnessState.CRITICAL:
-            raise RollbackDenied(
-                f"rollback of {target.tool} refused: target {target.snapshot_id} would be "
-                f"critical ({report.reason}); force the rollback to accept stale data"
-            )
-
     async def _target_payload(self, target: Snapshot) -> bytes:
         try:
             return await self._verified_payload(target)
@@ -306,3 +314,37 @@ class Changes(SnapshotsBase):
             )
         log.info("snapshot.hold_added", hold_id=stored.hold_id, actor=actor)
         return stored
+
+    async def expire(
+        self, snapshot_id: str, *, reason: str, actor: str, now: datetime | None = None
+    ) -> StateChange:
+        """Expire a snapshot by hand: its data becomes unavailable (reads and rollbacks to
+        it are refused) and ``snapshot_expired`` is appended to the audit trail, in one
+        transaction under the tool's lock. Returns the change made."""
+        at = now or utcnow()
+        try:
+            owner = parse_snapshot_id(snapshot_id).tool
+        except ValueError as exc:
+            raise ExpiryDenied(str(exc)) from None
+        if not reason.strip():
+            raise ExpiryDenied("an expiry needs a reason")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.lock_tool(conn, owner)
+            found = await store.get_snapshot(conn, snapshot_id, for_update=True)
+            if found is None:
+                raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist")
+            try:
+                change = plan_expiry(found, at)
+            except ExpiryRefused as exc:
+                raise ExpiryDenied(f"expiry refused: {exc}") from None
+            await store.apply_change(conn, change)
+            await store.append_audit(conn, [change_draft(change, actor=actor, reason=reason)])
+        log.info(
+            "snapshot.expired",
+            tool=owner,
+            snapshot_id=snapshot_id,
+            from_state=str(found.state),
+            actor=actor,
+        )
+        await self._refresh_tool_gauges(owner)
+        return change

@@ -1,5 +1,5 @@
-"""``fleet snapshots``: import, list, show, roll back, read, check freshness, run retention,
-manage holds and verify the audit chain.
+"""``fleet snapshots``: import, list, show, roll back, read, check freshness, run retention;
+expiry, thresholds, holds and the audit trail come from ``cli_governance``.
 
 Each command opens its own PostgreSQL pool (and an S3 client only when it touches
 payloads), reads the same ``FLEET_*`` settings as the workers, and ends with one
@@ -36,7 +36,7 @@ from workers.snapshot_retention.cli_common import (
     run_op,
     tool_arg,
 )
-from workers.snapshot_retention.cli_governance import audit_app, hold_app
+from workers.snapshot_retention.cli_governance import audit_app, expire, hold_app, thresholds_app
 from workers.snapshot_retention.freshness import FreshnessState
 from workers.snapshot_retention.housekeeping import RetentionReport
 from workers.snapshot_retention.ids import parse_snapshot_id
@@ -52,6 +52,8 @@ app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(hold_app, name="hold")
+app.add_typer(thresholds_app, name="thresholds")
+app.command()(expire)
 
 
 # ---------------------------------------------------------------------------- records
@@ -291,7 +293,8 @@ def sla(
         return
     entries = body.sla if isinstance(body.sla, list) else [body.sla]
     table = Table(title="snapshot freshness")
-    for column in ("tool", "snapshot", "age", "state", "warning", "next check", "reason"):
+    columns = ("tool", "snapshot", "age", "state", "warning", "thresholds", "next check", "reason")
+    for column in columns:
         table.add_column(column)
     colours = {"fresh": "green", "stale": "yellow", "critical": "red", "expired": "red"}
     for e in entries:
@@ -301,6 +304,7 @@ def sla(
             e.age or "-",
             f"[{colours[str(e.state)]}]{e.state}[/]",
             "yes" if e.warning else "no",
+            f"{e.thresholds.max_age}/{e.thresholds.stale}/{e.thresholds.critical}",
             "-" if e.next_check is None else rfc3339(e.next_check),
             e.reason,
         )
@@ -323,9 +327,10 @@ def retention(
 ) -> None:
     """Apply the retention rules (or print the plan with --dry-run).
 
-    Previous snapshots are archived after 30 days, archived ones deleted after 90 (object
-    removed, record kept), active ones never; holds block every action. Only one process
-    in the fleet applies a plan at a time; the others report that they skipped.
+    Previous snapshots are archived after FLEET_SNAPSHOT_PREVIOUS_RETENTION_DAYS (30),
+    archived ones deleted after FLEET_SNAPSHOT_ARCHIVED_RETENTION_DAYS (90; object removed,
+    record kept), active ones never; holds block every action. Only one process in the
+    fleet applies a plan at a time; the others report that they skipped.
     """
     at = instant_arg(now) or utcnow()
     cfg = settings()

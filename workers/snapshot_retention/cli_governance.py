@@ -1,8 +1,9 @@
-"""``fleet snapshots hold|audit``: retention holds and the audit trail
-(docs/snapshots.md)."""
+"""``fleet snapshots expire|thresholds|hold|audit``: manual expiry, per-tool freshness
+thresholds, retention holds and the audit trail (docs/snapshots.md)."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import typer
@@ -11,23 +12,34 @@ from rich.table import Table
 from workers.shell import echo_json, fail, out
 from workers.snapshot_retention.api_shapes import (
     audit_response,
+    expiry_body,
+    thresholds_body,
 )
 from workers.snapshot_retention.audit import AuditRecord
+from workers.snapshot_retention.audit_log import PruneReport
 from workers.snapshot_retention.base import utcnow
 from workers.snapshot_retention.cli_common import (
     EXIT_USAGE,
     ActorOpt,
     JsonOpt,
+    NowOpt,
     default_actor,
     instant_arg,
     run_op,
     tool_arg,
 )
+from workers.snapshot_retention.freshness import FreshnessThresholds
+from workers.snapshot_retention.ids import parse_snapshot_id
+from workers.snapshot_retention.lifecycle import StateChange
+from workers.snapshot_retention.policies import ToolThresholds
 from workers.snapshot_retention.retention import RetentionHold
 from workers.snapshot_retention.service import Snapshots
-from workers.snapshot_retention.times import rfc3339
+from workers.snapshot_retention.times import format_duration, parse_duration, rfc3339
 
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+thresholds_app = typer.Typer(
+    help="Per-tool freshness thresholds (ISO 8601 durations).", no_args_is_help=True
+)
 hold_app = typer.Typer(help="Retention holds (audit exceptions).", no_args_is_help=True)
 
 
@@ -95,13 +107,20 @@ def audit_verify() -> None:
         return await snapshots.verify_audit()
 
     result = run_op(work)
-    if not result.ok:
-        bad = result.first_bad
+    bad = result.first_bad
+    if bad is not None:
         raise fail(
             f"audit chain broken at audit-{bad.seq} ({bad.event} of {bad.snapshot_id}): "
             f"{result.reason}; {result.checked} record(s) before it verified"
         )
-    out.print(f"audit chain intact: {result.checked} record(s) verified")
+    if not result.ok:
+        raise fail(f"audit chain broken at its pruning anchors: {result.reason}")
+    start = (
+        "from the genesis"
+        if result.anchor is None
+        else f"from anchor {result.anchor.anchor_seq} (after audit-{result.anchor.last_seq})"
+    )
+    out.print(f"audit chain intact: {result.checked} record(s) verified {start}")
 
 
 @audit_app.command("list")
@@ -137,3 +156,175 @@ def audit_list(
             r.hash[:15] + "…",
         )
     out.print(table)
+
+
+@audit_app.command("prune")
+def audit_prune(
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            help="Remove records older than this date (YYYY-MM-DD, UTC) or RFC 3339 instant.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be removed, change nothing.")
+    ] = False,
+    now: NowOpt = None,
+    as_json: JsonOpt = False,
+    actor: ActorOpt = None,
+) -> None:
+    """Apply the audit retention: remove the oldest records and record an anchor so that
+    `audit verify` still checks every kept record."""
+    cutoff = _date_or_instant(before)
+    at = instant_arg(now)
+
+    async def work(snapshots: Snapshots) -> PruneReport:
+        return await snapshots.prune_audit(
+            cutoff, actor=actor or default_actor(), dry_run=dry_run, now=at
+        )
+
+    report = run_op(work)
+    if as_json:
+        echo_json(report)
+        return
+    stamp = rfc3339(report.before)
+    if report.status == "nothing":
+        message = f"no audit record to prune before {stamp}"
+    else:
+        verb = "would prune" if report.status == "dry_run" else "pruned"
+        anchor = report.anchor
+        assert anchor is not None  # a plan always carries its anchor
+        message = (
+            f"{verb} {report.records} audit record(s) before {stamp} "
+            f"(through audit-{report.last_seq}); anchor {anchor.anchor_seq} {anchor.hash}"
+        )
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def _date_or_instant(value: str) -> datetime:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        instant = instant_arg(value, "--before")
+        assert instant is not None
+        return instant
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------- expiry
+
+
+def expire(
+    snapshot_id: Annotated[str, typer.Option("--snapshot-id", help="The snapshot to expire.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail).")],
+    now: NowOpt = None,
+    as_json: JsonOpt = False,
+    actor: ActorOpt = None,
+) -> None:
+    """Expire a snapshot by hand: its data becomes unavailable (reads and rollbacks to it
+    are refused); the audit trail records snapshot_expired."""
+    try:
+        parse_snapshot_id(snapshot_id)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if not reason.strip():
+        raise fail("--reason must not be empty", EXIT_USAGE)
+    at = instant_arg(now)
+
+    async def work(snapshots: Snapshots) -> StateChange:
+        return await snapshots.expire(
+            snapshot_id, reason=reason, actor=actor or default_actor(), now=at
+        )
+
+    change = run_op(work)
+    if as_json:
+        echo_json({"expiry": expiry_body(change, reason=reason)})
+        return
+    out.print(
+        f"expired {snapshot_id} (was {change.from_state}): its data is now unavailable",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+@thresholds_app.command("set")
+def thresholds_set(
+    tool: Annotated[str, typer.Argument(help="Tool name (built-in or custom).")],
+    max_age: Annotated[
+        str | None, typer.Option("--max-age", help="Fresh below this age, e.g. P7D.")
+    ] = None,
+    stale: Annotated[
+        str | None, typer.Option("--stale", help="Warn from this age, e.g. P14D.")
+    ] = None,
+    critical: Annotated[
+        str | None,
+        typer.Option("--critical", help="Refuse reads without override from this age, e.g. P30D."),
+    ] = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Set a tool's freshness thresholds; an omitted one keeps its current value."""
+    name = tool_arg(tool)
+    given = {"--max-age": max_age, "--stale": stale, "--critical": critical}
+    if all(value is None for value in given.values()):
+        raise fail("give at least one of --max-age, --stale, --critical", EXIT_USAGE)
+    for option, value in given.items():
+        if value is not None:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise fail(f"{option}: {exc}", EXIT_USAGE) from None
+
+    async def work(snapshots: Snapshots) -> FreshnessThresholds:
+        return await snapshots.set_thresholds(
+            name, max_age=max_age, stale=stale, critical=critical, actor=actor or default_actor()
+        )
+
+    limits = run_op(work)
+    out.print(f"{name}: {_describe(limits)}", highlight=False, markup=False, soft_wrap=True)
+
+
+@thresholds_app.command("unset")
+def thresholds_unset(
+    tool: Annotated[str, typer.Argument(help="Tool name.")], actor: ActorOpt = None
+) -> None:
+    """Return a tool to the fleet defaults (FLEET_SNAPSHOT_*_DAYS)."""
+    name = tool_arg(tool)
+
+    async def work(snapshots: Snapshots) -> bool:
+        return await snapshots.unset_thresholds(name, actor=actor or default_actor())
+
+    removed = run_op(work)
+    message = "back to the defaults" if removed else "had no thresholds of its own"
+    out.print(f"{name}: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
+@thresholds_app.command("list")
+def thresholds_list(as_json: JsonOpt = False) -> None:
+    """Every tool with thresholds of its own, then the defaults (tool ``*``)."""
+
+    async def work(snapshots: Snapshots) -> list[ToolThresholds]:
+        return await snapshots.thresholds()
+
+    found = run_op(work)
+    if as_json:
+        echo_json({"thresholds": [thresholds_body(t.tool, t.thresholds, t.source) for t in found]})
+        return
+    table = Table(title="freshness thresholds")
+    for column in ("tool", "max age", "stale", "critical", "source"):
+        table.add_column(column)
+    for t in found:
+        shapes = thresholds_body(t.tool, t.thresholds, t.source)
+        table.add_row(t.tool, shapes.max_age, shapes.stale, shapes.critical, t.source)
+    out.print(table)
+
+
+def _describe(limits: FreshnessThresholds) -> str:
+    return (
+        f"max age {format_duration(limits.max_age)}, stale {format_duration(limits.stale_warning)}"
+        f", critical {format_duration(limits.critical)}"
+    )

@@ -11,7 +11,7 @@ import msgspec
 from workers.snapshot_retention.ids import validate_tool
 from workers.snapshot_retention.lifecycle import current_active
 from workers.snapshot_retention.records import Snapshot, SnapshotState
-from workers.snapshot_retention.times import format_duration, rfc3339, utc
+from workers.snapshot_retention.times import format_duration, parse_duration, rfc3339, utc
 
 _S = SnapshotState
 
@@ -182,3 +182,26 @@ def tool_report(
         expired = [s for s in snapshots if s.state is _S.EXPIRED]
         current = max(expired, key=lambda s: (s.state_changed_at, s.snapshot_id), default=None)
     return evaluate_freshness(current, thresholds, now, tool=tool)
+
+
+def thresholds_from_durations(
+    base: FreshnessThresholds,
+    *,
+    max_age: str | None = None,
+    stale: str | None = None,
+    critical: str | None = None,
+) -> FreshnessThresholds:
+    """``base`` with the given ISO 8601 durations replacing its values (``P7D``, ``PT36H``);
+    ValueError names a malformed duration or thresholds out of order."""
+    return FreshnessThresholds(
+        max_age=base.max_age if max_age is None else _duration("--max-age", max_age),
+        stale_warning=base.stale_warning if stale is None else _duration("--stale", stale),
+        critical=base.critical if critical is None else _duration("--critical", critical),
+    )
+
+
+def _duration(option: str, text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None

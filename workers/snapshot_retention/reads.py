@@ -46,14 +46,12 @@ class Reads(SnapshotsBase):
     ) -> SlaResponse | SlaListResponse:
         """The seed's SLA body: one tool's entry, or every tool that has snapshots."""
         at = now or utcnow()
-        if tool is not None:
-            return sla_report(
-                await self.list_snapshots(tool=validate_tool(tool)),
-                self.freshness,
-                at,
-                tool=tool,
-            )
-        return sla_report(await self.list_snapshots(), self.freshness, at)
+        async with self.pool.acquire() as conn:
+            policy = await self.policy(conn)
+            if tool is not None:
+                of_tool = await store.load_snapshots(conn, tool=validate_tool(tool))
+                return sla_report(of_tool, policy, at, tool=tool)
+            return sla_report(await store.load_snapshots(conn), policy, at)
 
     async def read_active(
         self, tool: str, *, override: bool = False, actor: str, now: datetime | None = None
@@ -98,8 +96,9 @@ class Reads(SnapshotsBase):
         at = now or utcnow()
         async with self.pool.acquire() as conn:
             snapshots = await store.load_snapshots(conn)
+            policy = await self.policy(conn)
         by_tool: dict[str, list[Snapshot]] = {}
         for snapshot in snapshots:
             by_tool.setdefault(snapshot.tool, []).append(snapshot)
         for tool, of_tool in by_tool.items():
-            set_gauges(tool_report(tool, of_tool, self.freshness, at))
+            set_gauges(tool_report(tool, of_tool, policy, at))

@@ -4,7 +4,8 @@ capability (docs/snapshots.md):
 * ``reads``: the SLA, reading the active snapshot, holds, freshness gauges;
 * ``changes``: import, rollback, manual expiry, holds;
 * ``housekeeping``: the retention run, once across the fleet;
-* ``audit_log``: listing and verifying the hash-chained audit trail.
+* ``audit_log``: listing, verifying and pruning the hash-chained audit trail;
+* ``policies``: per-tool freshness thresholds.
 
 State lives in ``ingest.feed_snapshots`` (one active snapshot per tool),
 ``ingest.retention_exceptions`` and the hash-chained ``ingest.snapshot_audit``; payloads live
@@ -17,8 +18,9 @@ from __future__ import annotations
 from workers.snapshot_retention.audit_log import AuditLog
 from workers.snapshot_retention.changes import Changes
 from workers.snapshot_retention.housekeeping import Housekeeping
+from workers.snapshot_retention.policies import Policies
 from workers.snapshot_retention.reads import Reads
 
 
-class Snapshots(Reads, Changes, Housekeeping, AuditLog):
+class Snapshots(Reads, Changes, Housekeeping, AuditLog, Policies):
     """Every snapshot operation, over one pool and one S3 client (opened by the caller)."""

@@ -1,4 +1,5 @@
-"""Persistence of snapshot records, retention holds and the audit chain (asyncpg).
+"""Persistence of snapshot records, retention holds, per-tool freshness thresholds, the
+audit chain and its pruning anchors (asyncpg).
 
 Every function takes a connection and runs in the caller's transaction; none decides
 anything (the pure modules do). Writers that change a tool's snapshots hold the tool's advisory
@@ -19,12 +20,14 @@ from asyncpg.pool import PoolConnectionProxy
 
 from workers.snapshot_retention.audit import (
     GENESIS_HASH,
+    AuditAnchor,
     AuditDraft,
     AuditEvent,
     AuditRecord,
     AuditValue,
     seal,
 )
+from workers.snapshot_retention.freshness import FreshnessThresholds
 from workers.snapshot_retention.lifecycle import StateChange
 from workers.snapshot_retention.records import Snapshot, SnapshotState
 from workers.snapshot_retention.retention import RetentionHold
@@ -45,6 +48,10 @@ _COLUMNS: Final = (
 )
 _AUDIT_COLUMNS: Final = (
     "seq, event, snapshot_id, tool, actor, reason, details, occurred_at, prev_hash, hash"
+)
+_ANCHOR_COLUMNS: Final = (
+    "anchor_seq, last_seq, last_hash, pruned_records, pruned_before, actor, created_at, "
+    "prev_hash, hash"
 )
 
 
@@ -232,6 +239,11 @@ def audit_from_row(row: asyncpg.Record) -> AuditRecord:
     )
 
 
+async def lock_audit_tail(conn: Conn) -> None:
+    """Take the chain's tail lock until the end of the current transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_TAIL_LOCK_KEY)
+
+
 async def append_audit(conn: Conn, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
     """Seal ``drafts`` onto the chain's tail and insert them, inside the caller's
     transaction. The tail lock is held until that transaction ends, so the next writer
@@ -295,3 +307,92 @@ async def load_audit(
         limit,
     )
     return [audit_from_row(row) for row in rows]
+
+
+async def prune_audit(conn: Conn, anchor: AuditAnchor) -> int:
+    """Record ``anchor`` and delete the audit records up to its ``last_seq``, inside the
+    caller's transaction (the append-only trigger is switched off for this transaction
+    only; see schema/0005_snapshots.sql). Takes the chain's tail lock first."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("prune_audit must run inside a transaction")
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_TAIL_LOCK_KEY)
+    await conn.execute(
+        f"INSERT INTO ingest.snapshot_audit_anchors ({_ANCHOR_COLUMNS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        anchor.anchor_seq,
+        anchor.last_seq,
+        anchor.last_hash,
+        anchor.pruned_records,
+        anchor.pruned_before,
+        anchor.actor,
+        anchor.created_at,
+        anchor.prev_hash,
+        anchor.hash,
+    )
+    await conn.execute("SET LOCAL ingest.allow_audit_tamper = 'on'")
+    status = await conn.execute(
+        "DELETE FROM ingest.snapshot_audit WHERE seq <= $1", anchor.last_seq
+    )
+    await conn.execute("SET LOCAL ingest.allow_audit_tamper = 'off'")
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def load_anchors(conn: Conn) -> list[AuditAnchor]:
+    """Every pruning anchor, oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {_ANCHOR_COLUMNS} FROM ingest.snapshot_audit_anchors ORDER BY anchor_seq"
+    )
+    return [
+        AuditAnchor(
+            anchor_seq=row["anchor_seq"],
+            last_seq=row["last_seq"],
+            last_hash=row["last_hash"],
+            pruned_records=row["pruned_records"],
+            pruned_before=row["pruned_before"],
+            actor=row["actor"],
+            created_at=row["created_at"],
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+        )
+        for row in rows
+    ]
+
+
+# -------------------------------------------------------------------------------- thresholds
+
+
+async def load_thresholds(conn: Conn) -> dict[str, FreshnessThresholds]:
+    """Per-tool freshness thresholds (``ingest.freshness_thresholds``), by tool."""
+    rows = await conn.fetch(
+        "SELECT tool, max_age, stale, critical FROM ingest.freshness_thresholds ORDER BY tool"
+    )
+    return {
+        row["tool"]: FreshnessThresholds(
+            max_age=row["max_age"], stale_warning=row["stale"], critical=row["critical"]
+        )
+        for row in rows
+    }
+
+
+async def set_thresholds(
+    conn: Conn, tool: str, thresholds: FreshnessThresholds, *, actor: str, at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO ingest.freshness_thresholds "
+        "(tool, max_age, stale, critical, updated_by, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tool) DO UPDATE SET "
+        "max_age = EXCLUDED.max_age, stale = EXCLUDED.stale, critical = EXCLUDED.critical, "
+        "updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at",
+        tool,
+        thresholds.max_age,
+        thresholds.stale_warning,
+        thresholds.critical,
+        actor,
+        at,
+    )
+
+
+async def unset_thresholds(conn: Conn, tool: str) -> bool:
+    """Remove the tool's own thresholds; False when it had none."""
+    status = await conn.execute("DELETE FROM ingest.freshness_thresholds WHERE tool = $1", tool)
+    return bool(status != "DELETE 0")
