@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/fleet demo
 
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

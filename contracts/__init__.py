@@ -6,7 +6,7 @@ frozen, keyword-only msgspec Structs in a tagged union (tag field ``type``).
 fields) and back. This package never imports ``workers``.
 """
 
-from contracts.base import Event, UnsupportedVersion
+from contracts.base import Event
 from contracts.registry import STREAMS, StreamContract, contract_for_stream, event_class
 from contracts.wire import DecodeError, decode_event, encode_entry, encode_event
 
@@ -15,7 +15,6 @@ __all__ = [
     "DecodeError",
     "Event",
     "StreamContract",
-    "UnsupportedVersion",
     "contract_for_stream",
     "decode_event",
     "encode_entry",

@@ -25,10 +25,6 @@ column's range, so an event that cannot be stored is rejected at decode."""
 Version = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class UnsupportedVersion(ValueError):
-    """A known event type arrived with a ``version`` this build cannot read."""
-
-
 class Event(
     msgspec.Struct,
     frozen=True,
@@ -54,11 +50,3 @@ class Event(
         tag = cls.__struct_config__.tag
         assert isinstance(tag, str)  # every concrete event sets a string tag
         return tag
-
-    def check_version(self) -> None:
-        if self.version not in self.supported_versions:
-            supported = ", ".join(str(v) for v in sorted(self.supported_versions))
-            raise UnsupportedVersion(
-                f"{self.event_type()} version {self.version} is not supported "
-                f"(supported: {supported})"
-            )

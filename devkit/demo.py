@@ -106,7 +106,13 @@ async def _run_fleet(
         with Progress(console=console) as progress:
             task = progress.add_task("publishing events", total=total)
             for stream, events, _ in parts:
-                await publish(client, stream, events, lambda n: progress.advance(task, n))
+                await publish(
+                    client,
+                    stream,
+                    events,
+                    lambda n: progress.advance(task, n),
+                    partitions=settings.stream_partitions,
+                )
         groups = [(c.stream, c.group) for c in fleet.consumers]
         t0 = time.monotonic()
         if not await wait_consumed(client, groups, deadline_s=90):

@@ -13,7 +13,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import structlog
 
@@ -21,7 +21,7 @@ from workers.clients import clients
 from workers.db import DataStep
 from workers.errors import ConfigError, ExitCode
 from workers.http import OpsServer, bind
-from workers.kernel import PgInbox, Stopping, StreamConsumer, tune_gc
+from workers.kernel import PgInbox, Stopping, StreamConsumer, partition_consumers, tune_gc
 from workers.kernel.lease import ConsumerLease
 from workers.kernel.worker import Resources, Worker
 from workers.notify_delivery import NotifyDeliveryWorker
@@ -32,8 +32,6 @@ from workers.vex_consensus import VexConsensusWorker
 from workers.vex_consensus.migration import canonicalize_stored_purls
 
 log = structlog.get_logger("workers.app")
-
-T = TypeVar("T")
 
 WORKERS: dict[str, type[Any]] = {
     "scan-metrics": ScanMetricsWorker,
@@ -47,15 +45,6 @@ WORKERS: dict[str, type[Any]] = {
 def migration_steps() -> dict[int, DataStep]:
     """Migration version -> the Python step run after that migration's SQL."""
     return {7: canonicalize_stored_purls}
-
-
-class Service(Protocol):
-    """A worker that is not a stream consumer (e.g. a scheduled job)."""
-
-    name: str
-    uses_s3: bool
-
-    async def run(self, stopping: Stopping) -> None: ...
 
 
 def available_workers() -> list[str]:
@@ -160,9 +149,10 @@ class Fleet:
                         )
                         leases.append(lease)
                         name = await lease.acquire()
-                    consumer = StreamConsumer(worker, name, inbox)
-                    self.consumers.append(consumer)
-                    tasks.append(asyncio.create_task(consumer.run(), name=cls.name))
+                    # One consumer per partition of the worker's stream, one name for all.
+                    partitioned = partition_consumers(worker, name, inbox)
+                    self.consumers.extend(partitioned)
+                    tasks.append(asyncio.create_task(_run_all(partitioned), name=cls.name))
                 else:
                     service = cls(resources)
                     self.services.append(service)
@@ -212,6 +202,11 @@ class Fleet:
             for lease in leases:
                 await lease.release()
         log.info("fleet.stopped")
+
+
+async def _run_all(consumers: list[StreamConsumer]) -> None:
+    """Run a worker's partition consumers together; the first failure is the worker's."""
+    await asyncio.gather(*(consumer.run() for consumer in consumers))
 
 
 _early_stop = False

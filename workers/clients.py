@@ -26,7 +26,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 
-from workers import streams
+from workers.cluster import open_client
 from workers.db import (
     Failure,
     classify,
@@ -35,7 +35,7 @@ from workers.db import (
     require_migrated,
     schema_dir,
 )
-from workers.errors import ConfigError, ExitCode, error_text
+from workers.errors import ConfigError, ExitCode, error_text, first_line
 from workers.kernel.worker import Resources
 from workers.s3 import S3Error, open_s3
 from workers.settings import Settings, redact_url
@@ -51,11 +51,6 @@ WHAT_TO_DO: dict[ExitCode, str] = {
     ExitCode.S3: "check FLEET_S3_ENDPOINT_URL, FLEET_S3_BUCKET and the AWS credentials",
 }
 """What the one line tells the reader to do, per kind of unavailable server."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _line(message: str, code: ExitCode) -> ConfigError:
@@ -78,21 +73,21 @@ def dependency_error(exc: BaseException, settings: Settings) -> ConfigError | No
     database = redact_url(settings.database_url)
     if isinstance(exc, redis_exc.AuthenticationError):
         return _line(
-            f"Valkey at {valkey} refused the credentials ({_first_line(exc)})", ExitCode.VALKEY
+            f"Valkey at {valkey} refused the credentials ({first_line(exc)})", ExitCode.VALKEY
         )
     if isinstance(exc, redis_exc.ConnectionError | redis_exc.TimeoutError):
-        return _line(f"cannot reach Valkey at {valkey} ({_first_line(exc)})", ExitCode.VALKEY)
+        return _line(f"cannot reach Valkey at {valkey} ({first_line(exc)})", ExitCode.VALKEY)
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
         return _line(
-            f"the database at {database} is not migrated ({_first_line(exc)})",
+            f"the database at {database} is not migrated ({first_line(exc)})",
             ExitCode.UNMIGRATED,
         )
     if isinstance(exc, asyncpg.InterfaceError | OSError) or (
         isinstance(exc, asyncpg.PostgresError) and classify(exc) is Failure.OUTAGE
     ):
-        return _line(f"lost PostgreSQL at {database} ({_first_line(exc)})", ExitCode.POSTGRES)
+        return _line(f"lost PostgreSQL at {database} ({first_line(exc)})", ExitCode.POSTGRES)
     if isinstance(exc, S3Error):
-        return _line(_first_line(exc), ExitCode.S3)
+        return _line(first_line(exc), ExitCode.S3)
     return None
 
 
@@ -151,9 +146,8 @@ async def clients(
     async with contextlib.AsyncExitStack() as stack:
         try:
             if "valkey" in need:
-                opened._redis = streams.connect(settings)
+                opened._redis = await open_client(settings)
                 stack.push_async_callback(opened._redis.aclose)
-                await streams.ping(opened._redis, settings)
             if "postgres" in need:
                 opened._pool = await create_pool(settings, max_size=pool_size)
                 stack.push_async_callback(opened._pool.close)

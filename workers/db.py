@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from workers import metrics, netio
-from workers.errors import ConfigError, ExitCode, FleetError
+from workers.errors import ConfigError, ExitCode, FleetError, first_line
 from workers.settings import Settings, redact_url
 
 log = structlog.get_logger("workers.db")
@@ -199,7 +199,7 @@ async def create_pool(settings: Settings, *, max_size: int = 4) -> asyncpg.Pool:
 
 
 def _one_line(exc: BaseException, secret_url: str | None = None) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     if secret_url:
         text = text.replace(secret_url, redact_url(secret_url))
     return text

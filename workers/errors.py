@@ -63,3 +63,10 @@ _MAX_ERROR_TEXT = 500
 def error_text(exc: BaseException) -> str:
     """``Type: message``, cut to a length fit for a log line or a dead letter."""
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): what a
+    one-line error quotes of a server's or library's answer."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,6 +1,6 @@
 """Every Prometheus metric the fleet exports, in one place.
 
-Names are a contract with dashboards and alert rules (SPEC §4, §5). Labels
+Names are a contract with dashboards and alert rules (docs/operations.md, "Metrics"). Labels
 are bounded: stream, group, event type, outcome, reason codes, phase, channel
 type, tool. Tenant ids and event ids are never labels.
 """
@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Runtime (SPEC §4)
+# Runtime (docs/operations.md)
 EVENTS = Counter(
     "fleet_events_total",
     "Stream entries handled, by outcome (ok, duplicate, ignored, retried, dead_lettered).",
@@ -77,7 +77,7 @@ AFTER_COMMIT_FAILURES = Counter(
     ["stream", "group"],
 )
 
-# scan-metrics (SPEC §5.1)
+# scan-metrics (docs/workers.md)
 SCAN_TTE_SECONDS = Histogram(
     "fleet_scan_tte_seconds",
     "Time-to-Evidence of completed, non-replay scans.",
@@ -96,7 +96,7 @@ SCAN_SLO_BREACHES = Counter(
     ["slo"],
 )
 
-# vex-consensus (SPEC §5.2, seed 004)
+# vex-consensus (docs/workers.md)
 VEX_CONSENSUS_LATENCY = Histogram(
     "fleet_vex_consensus_latency_seconds",
     "From the triggering event's occurredAt to the consensus write.",
@@ -124,7 +124,51 @@ VEX_CONFLICTS = Counter(
     "fleet_vex_consensus_conflicts_total", "Consensus conflicts detected, by reason.", ["reason"]
 )
 
-# notify-delivery (SPEC §5.3)
+VEX_DSSE_FAILURES = Counter(
+    "fleet_vex_dsse_verification_failures_total",
+    "Signed VEX documents refused on ingest because their DSSE envelope did not verify.",
+    ["reason"],
+)
+VEX_EXPORT_DURATION = Histogram(
+    "fleet_vex_export_duration_seconds",
+    "Time to read and render the VEX consensus export.",
+    buckets=(*_LATENCY_BUCKETS, 10.0, 30.0, 60.0),
+)
+
+# exports (seed 002, docs/exports.md)
+EXPORT_JOB_DURATION = Histogram(
+    "fleet_export_job_duration_seconds",
+    "Export job duration from the request's pick-up to the published manifest, by profile.",
+    ["profile"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+EXPORT_BUNDLE_SIZE = Histogram(
+    "fleet_export_bundle_size_bytes",
+    "Size of the files of an export bundle, manifest excluded, by profile.",
+    ["profile"],
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+)
+EXPORT_ATTESTATION_FAILURES = Counter(
+    "fleet_export_attestation_failures_total",
+    "Export manifests that could not be signed or whose signature did not verify.",
+    ["reason"],
+)
+EXPORT_QUEUE_DEPTH = Gauge(
+    "fleet_export_queue_depth", "Export requests not yet handled (group lag plus pending)."
+)
+EXPORT_MANIFEST_PUBLISH = Counter(
+    "fleet_export_manifest_publish_total",
+    "Manifests written to the bundle store, by result.",
+    ["result"],
+)
+
+# Exported at 0 from the start, so increase() sees the first failure.
+for _reason in ("malformed", "unknown_key", "bad_signature", "payload_type"):
+    VEX_DSSE_FAILURES.labels(_reason)
+for _result in ("ok", "error"):
+    EXPORT_MANIFEST_PUBLISH.labels(_result)
+
+# notify-delivery (docs/workers.md)
 NOTIFY_DELIVERIES = Counter(
     "fleet_notify_deliveries_total",
     "Notification deliveries recorded, by channel type and status.",
@@ -137,7 +181,7 @@ NOTIFY_DELIVERY_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-# snapshots (SPEC §5.4)
+# snapshots (docs/workers.md)
 SNAPSHOT_AGE = Gauge("fleet_snapshot_age_seconds", "Age of the active snapshot.", ["tool"])
 SNAPSHOT_FRESHNESS = Gauge(
     "fleet_snapshot_freshness",
@@ -207,6 +251,13 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_vex_conflict_queue_tenant_max_depth",
         "fleet_vex_issuer_trust_changes_total",
         "fleet_vex_consensus_conflicts_total",
+        "fleet_vex_dsse_verification_failures_total",
+        "fleet_vex_export_duration_seconds",
+        "fleet_export_job_duration_seconds",
+        "fleet_export_bundle_size_bytes",
+        "fleet_export_attestation_failures_total",
+        "fleet_export_queue_depth",
+        "fleet_export_manifest_publish_total",
         "fleet_notify_deliveries_total",
         "fleet_notify_delivery_latency_seconds",
         "fleet_snapshot_age_seconds",

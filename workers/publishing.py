@@ -7,10 +7,18 @@ producer writes the same entry shape (``docs/wire-format.md``).
 Every event leaves with a W3C ``traceparent`` (``docs/tracing.md``): its own when it
 has one (an event continuing a trace), otherwise the context of this call's ``send``
 span with tracing on, or a new root shared by the call's events with tracing off.
+
+With ``partitions`` > 1 each event goes to the key of its partition
+(:func:`workers.partitions.key_for` over its partition key, ``tenantId`` by default),
+so one tenant's events keep their order. With ``replicas`` > 0 each chunk is followed
+by ``WAIT replicas timeout`` on the same connection, and :class:`NotReplicated` is
+raised when fewer replicas confirmed it: a chunk confirmed that way survives the loss
+of its primary (``docs/scaling.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,9 +26,31 @@ import msgspec
 
 from contracts.base import Event
 from contracts.wire import encode_entry
-from workers import tracing
+from workers import cluster, tracing
+from workers.partitions import key_for
 
 CHUNK = 1000
+
+
+class NotReplicated(Exception):
+    """Fewer replicas than asked for confirmed a chunk within the wait timeout: its
+    entries are on the primary, but a failover now could lose them. Publishing the
+    chunk again is safe (the consumers' inbox absorbs duplicates)."""
+
+    def __init__(self, key: str, confirmed: int, wanted: int, published: int) -> None:
+        super().__init__(
+            f"{confirmed} of {wanted} replica(s) confirmed the entries on {key} "
+            f"({published} event(s) confirmed before them)"
+        )
+        self.key = key
+        self.confirmed = confirmed
+        self.wanted = wanted
+        self.published = published
+
+
+def tenant_key(event: Event) -> str:
+    """The default partition key: the tenant id as canonical lower-case UUID text."""
+    return str(event.tenant_id)
 
 
 async def publish(
@@ -30,34 +60,71 @@ async def publish(
     progress: Callable[[int], object] | None = None,
     *,
     chunk_size: int = CHUNK,
+    partitions: int = 1,
+    partition_key: Callable[[Event], str] = tenant_key,
+    replicas: int = 0,
+    wait_timeout_ms: int = 5000,
 ) -> int:
-    """``XADD`` ``events`` to ``stream`` in pipelined chunks of ``chunk_size`` (no
-    transaction: a chunk is one round trip); returns how many were published.
+    """``XADD`` ``events`` to ``stream`` (to the key of each one's partition) in pipelined
+    chunks of ``chunk_size`` (no transaction: a chunk is one round trip per key); returns
+    how many were published. With ``replicas``, ``WAIT replicas wait_timeout_ms`` after
+    each chunk (:class:`NotReplicated` when fewer confirmed).
 
     ``progress`` is called with the size of each chunk once the server accepted it."""
     count = 0
     chunk: list[Event] = []
+    nodes: dict[str, Any] = {}
+
+    async def send(key: str, entries: list[dict[str, bytes]]) -> None:
+        target = client
+        if replicas and cluster.is_cluster(client):
+            # WAIT counts the replicas holding this connection's writes: the writes and
+            # the WAIT go through one connection to the key's primary.
+            node = client.get_node_from_key(key)
+            target = nodes.get(node.name)
+            if target is None:
+                target = nodes[node.name] = cluster.node_client(client, key)
+        async with target.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(key, fields)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, wait_timeout_ms)
+            replies = await pipe.execute()
+        if replicas and int(replies[-1]) < replicas:
+            raise NotReplicated(key, int(replies[-1]), replicas, count)
 
     async def flush() -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            for event in chunk:
-                pipe.xadd(stream, encode_entry(event))
-            await pipe.execute()
+        by_key: dict[str, list[dict[str, bytes]]] = {}
+        for event in chunk:
+            key = partitions_key(event)
+            by_key.setdefault(key, []).append(encode_entry(event))
+        for key, entries in by_key.items():
+            await send(key, entries)
         if progress is not None:
             progress(len(chunk))
 
-    with tracing.producing(stream) as traceparent:
-        for event in events:
-            chunk.append(
-                event
-                if event.traceparent is not None
-                else msgspec.structs.replace(event, traceparent=traceparent)
-            )
-            if len(chunk) >= chunk_size:
+    def partitions_key(event: Event) -> str:
+        if partitions == 1:
+            return stream
+        return key_for(stream, partition_key(event), partitions)
+
+    try:
+        with tracing.producing(stream) as traceparent:
+            for event in events:
+                chunk.append(
+                    event
+                    if event.traceparent is not None
+                    else msgspec.structs.replace(event, traceparent=traceparent)
+                )
+                if len(chunk) >= chunk_size:
+                    await flush()
+                    count += len(chunk)
+                    chunk = []
+            if chunk:
                 await flush()
                 count += len(chunk)
-                chunk = []
-        if chunk:
-            await flush()
-            count += len(chunk)
+    finally:
+        for node_client in nodes.values():
+            with contextlib.suppress(Exception):  # closing a spent connection
+                await node_client.aclose()
     return count

@@ -31,6 +31,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     s3_bucket: str = "streamfleet"
     s3_region: str = "us-east-1"
 
+    # Valkey Cluster: unset, detected from `INFO cluster`; true or false to say so.
+    valkey_cluster: bool | None = None
+    # Keys per stream ({S:0} … {S:P-1}); 1 keeps the one key S (docs/scaling.md).
+    stream_partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     api_token: str | None = None
@@ -68,6 +73,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_max_age_days: PositiveFloat = 7.0
     snapshot_stale_days: PositiveFloat = 14.0
     snapshot_critical_days: PositiveFloat = 30.0
+
+    # The ed25519 private key (PEM) that signs export manifests (docs/exports.md).
+    export_key_file: str | None = None
 
     # uvloop (libuv) runs the event loop of `fleet run` where it is installed; "asyncio"
     # chooses the standard library's loop.

@@ -22,7 +22,7 @@ import redis.exceptions as redis_exc
 import typer
 from rich.console import Console
 
-from workers.errors import ConfigError, ExitCode, FleetError
+from workers.errors import ConfigError, ExitCode, FleetError, first_line
 from workers.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -52,11 +52,6 @@ def echo_json(value: object, *, indent: int = 2) -> None:
     if indent:
         encoded = msgspec.json.format(encoded, indent=indent)
     typer.echo(encoded.decode())
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_event_loop(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import hiredis
@@ -19,6 +19,7 @@ import structlog
 
 from workers import metrics, netio
 from workers.errors import ConfigError, ExitCode
+from workers.partitions import dlq_key, logical_stream
 from workers.settings import Settings, redact_url
 
 log = structlog.get_logger("workers.streams")
@@ -28,7 +29,8 @@ _DAY_MS = 86_400_000
 
 
 def dlq_name(stream: str) -> str:
-    return f"{stream}:dlq"
+    """``<stream key>:dlq``: beside a partition's key in its hash slot (``{S:k}:dlq``)."""
+    return dlq_key(stream)
 
 
 class _HiredisPacking:
@@ -68,7 +70,7 @@ class _HiredisPacking:
 _PACKING_KINDS: dict[type[Any], type[Any]] = {}
 
 
-def _hiredis_packing(cls: type[aioconnection.AbstractConnection]) -> type[Any]:
+def hiredis_packing(cls: type[aioconnection.AbstractConnection]) -> type[Any]:
     kind = _PACKING_KINDS.get(cls)
     if kind is None:
         kind = _PACKING_KINDS[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
@@ -102,7 +104,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         raise ConfigError(f"invalid FLEET_VALKEY_URL={redact_url(url)!r}: {exc}") from None
     pool = client.connection_pool
     # Connections open lazily: none exists yet, so every one is of the packing kind.
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return client
 
 
@@ -267,6 +269,34 @@ async def group_statuses(client: aioredis.Redis, stream: str) -> list[GroupStatu
             )
         )
     return result
+
+
+def summed(statuses: Sequence[GroupStatus]) -> list[GroupStatus]:
+    """One row per stream and group over its partitions' rows (``{S:k}`` → ``S``):
+    lengths, lags, pending and dead letters added up, the oldest pending age the
+    largest, consumers the most any partition has (one process reads every partition
+    under one name). Unpartitioned rows come back as they are."""
+    merged: dict[tuple[str, str], GroupStatus] = {}
+    for st in statuses:
+        key = (logical_stream(st.stream), st.group)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = replace(st, stream=key[0])
+            continue
+        merged[key] = replace(
+            seen,
+            length=seen.length + st.length,
+            lag=None if seen.lag is None or st.lag is None else seen.lag + st.lag,
+            pending=seen.pending + st.pending,
+            oldest_pending_age_seconds=max(
+                seen.oldest_pending_age_seconds, st.oldest_pending_age_seconds
+            ),
+            consumers=max(seen.consumers, st.consumers),
+            dlq_length=seen.dlq_length + st.dlq_length,
+            last_delivered_id="-",
+            lag_estimated=seen.lag_estimated or st.lag_estimated,
+        )
+    return list(merged.values())
 
 
 async def refresh_gauges(client: aioredis.Redis, stream: str) -> list[GroupStatus]:

@@ -32,7 +32,7 @@ with atheris.instrument_imports():
     from workers.kernel.handling import triage_for
     from workers.kernel.worker import Resources, Worker
     from workers.settings import load_settings
-    from workers.snapshot_retention.core import normalize_payload
+    from workers.snapshot_retention.payload import normalize_payload
     from workers.vex_consensus.documents import DocumentError, parse_document
 
 KNOWN: tuple[type[Exception], ...] = (

@@ -14,8 +14,8 @@ critical, a retention run that archives one and an API rollback.
 Then every dashboard target (Grafana variables substituted), every recording rule (its
 expression and the series it stores) and every alert expression (thresholds removed, see
 :func:`tests.ops_queries.strip_thresholds`; the full expression must be accepted too) goes
-through ``/api/v1/query`` and must return at least one series, and every SPEC metric
-must have been observed (counters and histograms above zero).
+through ``/api/v1/query`` and must return at least one series, and every metric of
+docs/operations.md must have been observed (counters and histograms above zero).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def checks() -> list[Check]:
 
 
 def spec_metric_checks() -> list[Check]:
-    """Each SPEC metric observed by the workload: counters and histograms above zero
+    """Each documented metric observed by the workload: counters and histograms above zero
     (every process exports unlabelled ones at 0), gauges present."""
     found = []
     for family in REGISTRY.collect():

@@ -1,4 +1,4 @@
-"""The scanner schema against seed 000: columns and types, generated columns, views,
+"""The scanner schema as docs/workers.md describes it: columns and types, generated columns, views,
 the TTE percentile function and every index, read from the database catalogue."""
 
 from __future__ import annotations

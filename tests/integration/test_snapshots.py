@@ -30,19 +30,17 @@ from workers.kernel.worker import Resources
 from workers.metrics import SNAPSHOT_FRESHNESS
 from workers.s3 import open_s3
 from workers.settings import Settings, load_settings
-from workers.snapshot_retention import SnapshotRetentionService, Snapshots, core, store
-from workers.snapshot_retention.core import (
-    RetentionHold,
-    RollbackTrigger,
-    SnapshotState,
-    normalize_payload,
-)
-from workers.snapshot_retention.service import (
-    ImportFailed,
-    ReadDenied,
-    RollbackDenied,
-    RollbackFailed,
-)
+from workers.snapshot_retention import SnapshotRetentionService, Snapshots, store
+from workers.snapshot_retention.audit import GENESIS_HASH
+from workers.snapshot_retention.base import ReadDenied
+from workers.snapshot_retention.changes import ImportFailed, RollbackDenied, RollbackFailed
+from workers.snapshot_retention.freshness import FreshnessState
+from workers.snapshot_retention.ids import b3_digest, make_snapshot_id, parse_snapshot_id
+from workers.snapshot_retention.lifecycle import RollbackTrigger
+from workers.snapshot_retention.payload import normalize_payload
+from workers.snapshot_retention.records import SnapshotState
+from workers.snapshot_retention.retention import RetentionHold
+from workers.snapshot_retention.times import rfc3339
 
 S = SnapshotState
 TOKEN = "snapshot-test-token"  # a test credential
@@ -109,7 +107,7 @@ def feed(n: int, tag: str) -> bytes:
 
 
 def stamp(value: datetime) -> str:
-    return core.rfc3339(value)
+    return rfc3339(value)
 
 
 async def dump(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
@@ -162,16 +160,12 @@ async def test_import_activate_then_rollback_to_previous_and_to_a_named_snapshot
         "syft", "1.0.0", feed(3, "a"), {"importReason": "scheduled_sync"}, actor="ci", now=t0
     )
     a = first.snapshot
-    assert a.snapshot_id == core.make_snapshot_id("syft", t0, 1)
+    assert a.snapshot_id == make_snapshot_id("syft", t0, 1)
     assert first.previous is None
     assert await states(db, "syft") == {a.snapshot_id: "active"}
     stored = await s3io.get_object(s3, settings.s3_bucket, a.object_key)
-    assert (
-        core.b3_digest(stored)
-        == a.normalized_hash
-        == normalize_payload(feed(3, "a")).normalized_hash
-    )
-    assert a.source_hash == core.b3_digest(feed(3, "a"))
+    assert b3_digest(stored) == a.normalized_hash == normalize_payload(feed(3, "a")).normalized_hash
+    assert a.source_hash == b3_digest(feed(3, "a"))
     assert a.record_count == 3
     assert a.metadata == {"importUser": "ci", "importReason": "scheduled_sync"}
 
@@ -451,7 +445,7 @@ async def test_cli_import_list_show_and_sla(
     assert [r["state"] for r in records] == ["active"]
     record = records[0]
     assert record["toolVersion"] == "2.0" and record["recordCount"] == 7
-    assert core.parse_snapshot_id(record["id"]).tool == "my-custom-tool"
+    assert parse_snapshot_id(record["id"]).tool == "my-custom-tool"
 
     shown = fleet_cli(cli_env, "snapshots", "show", record["id"])
     assert shown.returncode == 0, text(shown)
@@ -490,7 +484,7 @@ async def test_retention_archives_then_deletes_keeping_records_and_honouring_hol
 ) -> None:
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
     await _aged_history(snapshots, ["syft", "trivy"], t0)
-    held_id = core.make_snapshot_id("trivy", t0, 1)
+    held_id = make_snapshot_id("trivy", t0, 1)
     await snapshots.add_hold(
         RetentionHold(snapshot_id=held_id, reason="Audit hold", expires_at=t0 + 200 * DAY),
         actor="auditor",
@@ -508,9 +502,9 @@ async def test_retention_archives_then_deletes_keeping_records_and_honouring_hol
     assert report.status == "applied"
     assert sorted(a.snapshot_id for a in report.actions if a.status == "applied") == sorted(
         [
-            core.make_snapshot_id("syft", t0, 1),
-            core.make_snapshot_id("syft", t0 + timedelta(hours=1), 1),
-            core.make_snapshot_id("trivy", t0 + timedelta(hours=1), 1),
+            make_snapshot_id("syft", t0, 1),
+            make_snapshot_id("syft", t0 + timedelta(hours=1), 1),
+            make_snapshot_id("trivy", t0 + timedelta(hours=1), 1),
         ]
     )
     assert [h.snapshot_id for h in report.held] == [held_id]
@@ -542,7 +536,7 @@ async def test_retention_dry_run_prints_the_plan_with_held_actions_and_changes_n
 ) -> None:
     t0 = datetime(2025, 3, 1, tzinfo=UTC)
     await _aged_history(snapshots, ["syft"], t0)
-    held_id = core.make_snapshot_id("syft", t0, 1)
+    held_id = make_snapshot_id("syft", t0, 1)
     added = fleet_cli(
         cli_env, "snapshots", "hold", "add", "--snapshot-id", held_id, "--reason", "Legal review"
     )
@@ -554,11 +548,11 @@ async def test_retention_dry_run_prints_the_plan_with_held_actions_and_changes_n
     proc = fleet_cli(cli_env, "snapshots", "retention", "--dry-run", "--now", stamp(t0 + 45 * DAY))
     assert proc.returncode == 0, text(proc)
     output = proc.stdout.decode()
-    free_id = core.make_snapshot_id("syft", t0 + timedelta(hours=1), 1)
+    free_id = make_snapshot_id("syft", t0 + timedelta(hours=1), 1)
     assert "retention plan at 2025-04-15T00:00:00Z: 1 action(s), 1 held" in output
     assert f"planned  archive  {free_id}" in output
     assert "held" in output and held_id in output and "Legal review" in output
-    assert "scan metrics" in output
+    assert "scan metrics" not in output  # scan-metrics expires its own rows
     assert await dump(db) == before
 
 
@@ -634,64 +628,6 @@ async def test_retention_skips_while_another_process_holds_the_lock(
     assert (await snapshots.run_retention(t0 + 40 * DAY)).status == "applied"
 
 
-async def test_scan_metrics_retention_deletes_old_rows_in_batches_with_their_phases(
-    settings: Settings, db: asyncpg.Pool, s3: Any
-) -> None:
-    schema = f"scan_retention_{uuid.uuid4().hex[:8]}"
-    now = datetime(2025, 12, 4, tzinfo=UTC)
-    async with db.acquire() as conn:
-        await conn.execute(
-            f"""
-            CREATE SCHEMA {schema};
-            CREATE TABLE {schema}.scan_metrics (
-                metrics_id UUID PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL);
-            CREATE TABLE {schema}.execution_phases (
-                id BIGSERIAL PRIMARY KEY,
-                metrics_id UUID NOT NULL REFERENCES {schema}.scan_metrics (metrics_id),
-                phase_name TEXT NOT NULL);
-            """
-        )
-        await conn.execute(
-            f"INSERT INTO {schema}.scan_metrics "
-            "SELECT gen_random_uuid(), $1::timestamptz - make_interval(days => 91, secs => g) "
-            "FROM generate_series(1, 12000) AS g",
-            now,
-        )
-        await conn.execute(
-            f"INSERT INTO {schema}.scan_metrics "
-            "SELECT gen_random_uuid(), $1::timestamptz - make_interval(days => 89) "
-            "FROM generate_series(1, 25)",
-            now,
-        )
-        await conn.execute(
-            f"INSERT INTO {schema}.execution_phases (metrics_id, phase_name) "
-            f"SELECT metrics_id, p FROM {schema}.scan_metrics, "
-            "unnest(ARRAY['ingest', 'analyze']) AS p"
-        )
-    try:
-        snapshots = Snapshots(settings, db, s3, scan_metrics_schema=schema)
-        planned = await snapshots.run_retention(now, dry_run=True)
-        assert planned.scan_metrics is not None
-        assert (planned.scan_metrics.status, planned.scan_metrics.metrics_rows) == (
-            "planned",
-            12000,
-        )
-        report = await snapshots.run_retention(now)
-        assert report.scan_metrics is not None
-        assert report.scan_metrics.status == "applied"
-        assert report.scan_metrics.metrics_rows == 12000
-        assert report.scan_metrics.phase_rows == 24000
-        assert await db.fetchval(f"SELECT count(*) FROM {schema}.scan_metrics") == 25
-        assert await db.fetchval(f"SELECT count(*) FROM {schema}.execution_phases") == 50
-
-        absent = Snapshots(settings, db, s3, scan_metrics_schema="no_such_schema")
-        skipped = (await absent.run_retention(now)).scan_metrics
-        assert skipped is not None and skipped.status == "skipped"
-        assert skipped.detail == "no_such_schema.scan_metrics does not exist"
-    finally:
-        await db.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 # ------------------------------------------------------------------------------ audit
 
 
@@ -707,7 +643,7 @@ async def test_concurrent_writers_extend_one_unforked_chain(
     result = await snapshots.verify_audit()
     assert result.ok and result.checked == 16
     rows = await db.fetch("SELECT prev_hash, hash FROM ingest.snapshot_audit ORDER BY seq")
-    assert rows[0]["prev_hash"] == core.GENESIS_HASH
+    assert rows[0]["prev_hash"] == GENESIS_HASH
     assert all(rows[i]["prev_hash"] == rows[i - 1]["hash"] for i in range(1, len(rows)))
 
 
@@ -903,7 +839,7 @@ async def test_reading_a_critical_tool_is_refused_without_override(
     with pytest.raises(ReadDenied, match="critical"):
         await snapshots.read_active("stale-feed", actor="ci")
     read = await snapshots.read_active("stale-feed", actor="ci", override=True)
-    assert read.data == expected and read.freshness.state is core.FreshnessState.CRITICAL
+    assert read.data == expected and read.freshness.state is FreshnessState.CRITICAL
 
     refused = fleet_cli(cli_env, "snapshots", "read", "--tool", "stale-feed")
     assert refused.returncode == 1

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -190,3 +191,39 @@ async def test_port_zero_picks_a_free_port_and_reports_it(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, process_log(proc)
+
+
+# The command-line parser's own errors end like every other failure: one line, exit 2,
+# pointing at the command's help.
+USAGE_CASES = {
+    "unknown option": (["status", "--bogus"], "No such option: --bogus", "fleet status --help"),
+    "bad option value": (["trim", "--max-len", "-5"], "'--max-len'", "fleet trim --help"),
+    "unknown command": (["nope"], "No such command 'nope'", "fleet --help"),
+    "missing argument": (["dlq", "list"], "Missing argument", "fleet dlq list --help"),
+    "missing file": (["publish", "notify:delivery", "/nonexistent/events.jsonl"], "no such", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_CASES))
+def test_a_usage_error_is_one_line_and_exit_code_2(case: str) -> None:
+    args, named, help_hint = USAGE_CASES[case]
+    result = fleet_cli({}, *args, timeout=60)
+    line = _one_line_error(result.stderr)
+    assert result.returncode == ExitCode.USAGE, (result.returncode, line)
+    assert named in line and help_hint in line, line
+
+
+def test_a_failed_check_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    """``fleet contracts export --check`` against files that differ from the code."""
+    assert fleet_cli({}, "contracts", "export", "--dir", str(tmp_path)).returncode == 0
+    stale = tmp_path / "notification-sent.schema.json"
+    stale.write_text("{}", encoding="utf-8")
+    result = fleet_cli({}, "contracts", "export", "--dir", str(tmp_path), "--check")
+    line = _one_line_error(result.stderr)
+    assert result.returncode == ExitCode.FAILED, (result.returncode, line)
+    assert stale.name in line
+
+
+def test_help_is_success() -> None:
+    result = fleet_cli({}, "--help")
+    assert result.returncode == ExitCode.OK and b"Usage" in result.stdout

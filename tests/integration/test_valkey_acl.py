@@ -52,7 +52,7 @@ from workers.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 ACL_FILE = ROOT / "ops" / "valkey" / "users.acl"
 
-# worker -> (stream, group), SPEC.md §3; each worker's ACL user has the worker's name.
+# worker -> (stream, group), docs/workers.md; each worker's ACL user has the worker's name.
 STREAM_WORKERS = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),

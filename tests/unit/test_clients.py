@@ -28,7 +28,13 @@ CASES = [
         ExitCode.UNMIGRATED,
         "not migrated",
     ),
+    (
+        asyncpg.InvalidSchemaNameError('schema "scanner" does not exist'),
+        ExitCode.UNMIGRATED,
+        "db.example",
+    ),
     (asyncpg.AdminShutdownError("terminating connection"), ExitCode.POSTGRES, "db.example"),
+    (ConnectionRefusedError(111, "Connection refused"), ExitCode.POSTGRES, "db.example"),
     (asyncpg.InterfaceError("connection is closed"), ExitCode.POSTGRES, "db.example"),
     (S3Error("S3 at http://s3.example is not usable: NoSuchBucket"), ExitCode.S3, "s3.example"),
     (

@@ -38,7 +38,7 @@ from workers.kernel.handling import triage_for
 from workers.kernel.triage import Triage
 from workers.kernel.worker import Resources, Worker
 from workers.settings import load_settings
-from workers.snapshot_retention.core import normalize_payload
+from workers.snapshot_retention.payload import normalize_payload
 from workers.vex_consensus.documents import DocumentError, ParsedDocument, parse_document
 
 T = TypeVar("T")

@@ -1,7 +1,8 @@
 """The house's layers, lowest first: contracts <- kernel <- worker packages <- cli/app <-
 dev kit (docs/architecture.md). import-linter checks them (`lint-imports`, contracts in
-pyproject.toml); these tests prove that every module is placed in a layer, that the
-check passes on the tree, and that it fails on a deliberate upward import."""
+pyproject.toml, with a second contract forbidding import cycles between sibling
+modules); these tests prove that every module is placed in a layer, that the check passes
+on the tree, and that it fails on a deliberate upward or sideways import and on a cycle."""
 
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def copy_tree(target: Path) -> None:
+    for package in PACKAGES:
+        shutil.copytree(
+            ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+
+
 def test_every_module_has_a_layer() -> None:
     """A module outside every layer would escape the check: place it in pyproject.toml."""
     unplaced = [
@@ -94,24 +102,60 @@ def test_the_tree_keeps_the_import_contracts() -> None:
     ("module", "imports"),
     [
         ("workers/kernel/probe_upward.py", "from workers.app import WORKERS"),
+        ("workers/kernel/probe_worker.py", "from workers.notify_delivery import worker"),
         ("workers/kernel/probe_devkit.py", "import devkit.workload"),
+        ("workers/scan_metrics/probe_cli.py", "from workers.cli import options"),
+        ("workers/scan_metrics/probe_devkit.py", "from devkit import embedded"),
         ("workers/scan_metrics/probe_sideways.py", "from workers.vex_consensus import store"),
+        ("workers/cli/probe_devkit.py", "import devkit.demo"),
         ("contracts/probe_upward.py", "import workers.settings"),
     ],
-    ids=["kernel->app", "kernel->devkit", "worker->worker", "contracts->kernel"],
+    ids=[
+        "kernel->app",
+        "kernel->worker",
+        "kernel->devkit",
+        "worker->cli",
+        "worker->devkit",
+        "worker->worker",
+        "cli->devkit",
+        "contracts->kernel",
+    ],
 )
 def test_an_upward_or_sideways_import_breaks_the_check(
     tmp_path: Path, module: str, imports: str
 ) -> None:
     """The same check on a copy of the tree with one deliberate bad import fails, and
     names the importing module."""
-    for package in PACKAGES:
-        shutil.copytree(
-            ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    copy_tree(tmp_path)
     probe = tmp_path / module
     probe.write_text(f'"""A deliberate layering violation."""\n\n{imports}\n', encoding="utf-8")
     result = lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "BROKEN" in result.stdout
     assert _module_name(probe, tmp_path) in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "imports", "package"),
+    [
+        # Both in the kernel layer: the layers contract allows each import alone.
+        ("workers/streams.py", "from workers import clients", "workers"),
+        ("workers/kernel/triage.py", "from workers.kernel import consumer", "workers.kernel"),
+        ("contracts/base.py", "from contracts import registry", "contracts"),
+    ],
+    ids=["streams<->clients", "triage<->consumer", "base<->registry"],
+)
+def test_an_import_cycle_breaks_the_check(
+    tmp_path: Path, module: str, imports: str, package: str
+) -> None:
+    """A module that imports, at its end, one that already imports it (directly or
+    through others) makes a cycle within one layer: the layers contract stays kept, the
+    acyclic one fails and names the package holding the cycle."""
+    copy_tree(tmp_path)
+    path = tmp_path / module
+    source = path.read_text(encoding="utf-8")
+    path.write_text(f"{source}\n{imports}  # noqa: E402\n", encoding="utf-8")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{LAYERS_CONTRACT['name']} KEPT" in result.stdout, result.stdout
+    assert f"No cycles are allowed in {package}." in result.stdout, result.stdout

@@ -30,7 +30,7 @@ RUNBOOKS = OPS / "runbooks"
 K8S = OPS / "k8s"
 ACL_FILE = OPS / "valkey" / "users.acl"
 
-# worker -> (stream, consumer group), as in SPEC.md §3.
+# worker -> (stream, consumer group), as in docs/workers.md.
 STREAM_WORKERS: dict[str, tuple[str, str]] = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),
@@ -39,7 +39,7 @@ STREAM_WORKERS: dict[str, tuple[str, str]] = {
 WORKERS = [*STREAM_WORKERS, "snapshot-retention"]
 SHUTDOWN_GRACE_SECONDS = 25
 
-# Mirrors the metric names and types of SPEC.md §4 (runtime) and §5 (workers).
+# Mirrors the metric names and types of docs/operations.md ("Metrics").
 SPEC_METRICS: dict[str, str] = {
     "fleet_events_total": "counter",
     "fleet_event_handle_seconds": "histogram",
@@ -53,8 +53,8 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_dead_letters_total": "counter",
     "fleet_reclaimed_total": "counter",
     "fleet_stream_trimmed_unconsumed_total": "counter",
-    "fleet_after_commit_failures_total": "counter",  # §8, worker statements
-    "fleet_connection_replaced_total": "counter",  # §8, connections
+    "fleet_after_commit_failures_total": "counter",  # worker statements
+    "fleet_connection_replaced_total": "counter",  # connections
     "fleet_scan_tte_seconds": "histogram",
     "fleet_scan_phase_duration_seconds": "histogram",
     "fleet_scans_total": "counter",
@@ -92,7 +92,7 @@ ALERTS = {
     "FleetSnapshotCritical",
 }
 
-# Commands a worker needs on Valkey (SPEC.md §4), plus CLIENT SETINFO, which
+# Commands a worker needs on Valkey (docs/kernel.md), plus CLIENT SETINFO, which
 # client libraries send on connect, and MULTI/EXEC, which wrap the XADD to the
 # dead-letter stream and the XACK of the original into one transaction.
 CONNECTION_COMMANDS = {"ping", "hello", "auth", "client|setname", "client|setinfo"}
@@ -199,7 +199,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def series_names(name: str) -> set[str]:
-    """The series a SPEC metric exposes: histograms as _bucket, _sum and _count."""
+    """The series a documented metric exposes: histograms as _bucket, _sum and _count."""
     if SPEC_METRICS[name] == "histogram":
         return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return {name}
@@ -210,7 +210,7 @@ def spec_series_names() -> set[str]:
 
 
 def allowed_metric_names() -> set[str]:
-    """Names a rule or runbook may use: SPEC series and our recording rules."""
+    """Names a rule or runbook may use: documented series and our recording rules."""
     return spec_series_names() | recording_names()
 
 
@@ -308,7 +308,7 @@ def test_rule_expressions_use_only_spec_metrics() -> None:
     }
     assert used
     unknown = {name: where for name, where in used.items() if name not in allowed}
-    assert not unknown, f"metric names not in SPEC.md: {unknown}"
+    assert not unknown, f"metric names not in docs/operations.md: {unknown}"
 
 
 def test_dashboard_queries_use_only_spec_metrics() -> None:
@@ -316,7 +316,7 @@ def test_dashboard_queries_use_only_spec_metrics() -> None:
     queries = dashboard_queries()
     assert queries
     unknown = [(where, name) for where, expr in queries for name in metric_names(expr) - allowed]
-    assert not unknown, f"dashboard queries use metric names not in SPEC.md: {unknown}"
+    assert not unknown, f"dashboard queries use metric names not in docs/operations.md: {unknown}"
 
 
 def test_dashboard_variables_use_only_spec_metrics() -> None:
@@ -328,7 +328,7 @@ def test_dashboard_variables_use_only_spec_metrics() -> None:
             query = query["query"] if isinstance(query, dict) else query
             match = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, *(\w+)\)", query)
             assert match, f"{name}: variable {variable['name']} has an unexpected query {query}"
-            assert match[1] in SPEC_METRICS, f"{name}: {match[1]} is not in SPEC.md"
+            assert match[1] in SPEC_METRICS, f"{name}: {match[1]} is not in docs/operations.md"
 
 
 def test_runbook_queries_use_only_spec_metrics() -> None:

@@ -10,56 +10,63 @@ from blake3 import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.snapshot_retention.core import (
-    ALLOWED_TRANSITIONS,
+from workers.snapshot_retention.api_shapes import audit_response, rollback_response, sla_report
+from workers.snapshot_retention.audit import (
     GENESIS_HASH,
     AuditDraft,
     AuditEvent,
     AuditRecord,
-    FreshnessPolicy,
-    FreshnessState,
-    FreshnessThresholds,
-    InvalidTransition,
-    PayloadMismatch,
-    ReadRefused,
-    RetentionActionKind,
-    RetentionHold,
-    RetentionPolicy,
-    RollbackRefused,
-    RollbackTrigger,
-    Snapshot,
-    SnapshotId,
-    SnapshotState,
-    StateChange,
-    activate,
     audit_body,
-    audit_response,
     canonical_json,
     chain_hash,
     change_draft,
-    evaluate_freshness,
-    format_duration,
-    held_retention,
     imported_draft,
-    make_snapshot_id,
-    next_retention_run,
-    next_snapshot_id,
-    normalize_payload,
-    object_key,
-    parse_snapshot_id,
-    plan_retention,
-    plan_rollback,
-    require_readable,
     retention_draft,
-    rollback_response,
     rolled_back_draft,
     seal,
-    sla_report,
-    snapshot_from_import,
-    transition,
     verify_chain,
+)
+from workers.snapshot_retention.freshness import (
+    FreshnessPolicy,
+    FreshnessState,
+    FreshnessThresholds,
+    ReadRefused,
+    evaluate_freshness,
+    require_readable,
+)
+from workers.snapshot_retention.ids import (
+    SnapshotId,
+    make_snapshot_id,
+    next_snapshot_id,
+    object_key,
+    parse_snapshot_id,
+)
+from workers.snapshot_retention.lifecycle import (
+    ALLOWED_TRANSITIONS,
+    InvalidTransition,
+    RollbackRefused,
+    RollbackTrigger,
+    StateChange,
+    activate,
+    plan_rollback,
+    transition,
+)
+from workers.snapshot_retention.payload import (
+    PayloadMismatch,
+    normalize_payload,
+    snapshot_from_import,
     verify_payload,
 )
+from workers.snapshot_retention.records import Snapshot, SnapshotState
+from workers.snapshot_retention.retention import (
+    RetentionActionKind,
+    RetentionHold,
+    RetentionPolicy,
+    held_retention,
+    next_retention_run,
+    plan_retention,
+)
+from workers.snapshot_retention.times import format_duration
 
 S = SnapshotState
 T0 = datetime(2025, 12, 4, tzinfo=UTC)

@@ -14,9 +14,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from workers import s3 as s3io
 from workers.errors import ConfigError
 from workers.settings import load_settings
-from workers.snapshot_retention.api import RollbackRequest, SnapshotApi
-from workers.snapshot_retention.cli import _instant
-from workers.snapshot_retention.service import Snapshots, freshness_policy
+from workers.snapshot_retention.api import SnapshotApi
+from workers.snapshot_retention.api_shapes import RollbackRequest
+from workers.snapshot_retention.base import freshness_policy
+from workers.snapshot_retention.cli_common import instant_arg
+from workers.snapshot_retention.service import Snapshots
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -128,12 +130,12 @@ def test_rollback_needs_the_configured_bearer_token(
 
 
 def test_now_option_takes_rfc3339_with_an_offset_only() -> None:
-    assert _instant("2025-12-04T00:00:00Z") == datetime(2025, 12, 4, tzinfo=UTC)
-    assert _instant("2025-12-04T02:00:00+02:00") == datetime(2025, 12, 4, tzinfo=UTC)
-    assert _instant(None) is None
+    assert instant_arg("2025-12-04T00:00:00Z") == datetime(2025, 12, 4, tzinfo=UTC)
+    assert instant_arg("2025-12-04T02:00:00+02:00") == datetime(2025, 12, 4, tzinfo=UTC)
+    assert instant_arg(None) is None
     for bad in ("2025-12-04T00:00:00", "yesterday"):
         with pytest.raises(typer.Exit) as exited:
-            _instant(bad)
+            instant_arg(bad)
         assert exited.value.exit_code == 2
 
 

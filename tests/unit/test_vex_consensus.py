@@ -1,4 +1,4 @@
-"""The consensus algorithm of SPEC §5.2.1, rule by rule, plus its order-independence.
+"""The consensus rules of docs/workers.md, rule by rule, plus its order-independence.
 
 Every table row is worked by hand: raw ids are small integers (``UUID(int=n)``),
 weights come from ``TRUST`` below, and the expected confidence is the winning

@@ -1,4 +1,4 @@
-"""Purl identity and statement scope (SPEC §5.2.1 rule 4), without I/O.
+"""Purl identity and statement scope (docs/workers.md, consensus rule 4), without I/O.
 
 Canonical form comes from packageurl-python; the scope tables below are worked by
 hand with two trusted issuers: the vendor (priority 1, trust 0.90) and the distro

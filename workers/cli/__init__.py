@@ -19,10 +19,15 @@ from importlib.metadata import EntryPoint, entry_points
 
 import typer
 
+# typer vendors click since 0.26: its parser raises these, which typer exports nowhere
+# else.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
 from workers.cli import contracts, dlq, maintenance, publish, run, status, top
-from workers.errors import ConfigError
+from workers.errors import ConfigError, ExitCode
+from workers.export import cli as export_cli
 from workers.scan_metrics import cli as scan_metrics_cli
-from workers.shell import err
+from workers.shell import fail
 from workers.snapshot_retention import cli as snapshot_retention_cli
 from workers.vex_consensus import cli as vex_consensus_cli
 
@@ -42,7 +47,11 @@ for commands in (run.app, publish.app, status.app, top.app, maintenance.app):
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(contracts.app, name="contracts")
 app.command("tte")(scan_metrics_cli.tte)
+# `fleet vex export|verify` are the export package's, mounted beside the vex commands.
+vex_consensus_cli.app.command("export")(export_cli.vex_export)
+vex_consensus_cli.app.command("verify")(export_cli.vex_verify)
 app.add_typer(vex_consensus_cli.app, name="vex")
+app.add_typer(export_cli.app, name="export")
 app.add_typer(snapshot_retention_cli.app, name="snapshots")
 
 
@@ -66,11 +75,27 @@ for _entry in entry_points(group=PLUGIN_GROUP):
 
 
 def main() -> None:
+    """Run ``fleet``. Every failure ends as one ``error:`` line and its exit code
+    (README, "Exit codes"), the command-line parser's own usage errors included."""
     try:
-        app()
+        code = app(prog_name="fleet", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # a group called without a command: its help, as asked for
+        code = exc.exit_code
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(f"{exc.format_message().rstrip('.')}{hint}", ExitCode.USAGE)
+        code = ExitCode.USAGE
+    except ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+        code = exc.exit_code
+    except typer.Abort:
+        fail("aborted")
+        code = ExitCode.FAILED
     except ConfigError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        fail(str(exc), exc.exit_code)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 
 __all__ = ["PLUGIN_GROUP", "app", "main"]

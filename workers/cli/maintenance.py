@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from workers import streams
-from workers.cli.options import StreamOpt, streams_for
+from workers.cli.options import StreamOpt, keys_for
 from workers.clients import clients
 from workers.shell import out, run_async, settings
 
@@ -26,8 +26,8 @@ def consumers_prune(
 ) -> None:
     """Delete idle consumers. Their pending entries first move to the group's most recently
     active consumer (never pruned itself); a consumer still holding entries is never deleted."""
-    names = streams_for(stream)
     cfg = settings()
+    names = keys_for(stream, cfg.stream_partitions)
 
     async def go() -> list[tuple[str, str, streams.PruneResult]]:
         results = []
@@ -78,8 +78,8 @@ def trim(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the plan.")] = False,
 ) -> None:
     """Trim streams by retention, never past an entry some group has not acknowledged."""
-    names = streams_for(stream)
     cfg = settings()
+    names = keys_for(stream, cfg.stream_partitions)
     days = cfg.stream_retention_days if retention_days is None else retention_days
     cap = cfg.stream_max_len if max_len is None else max_len
 

@@ -8,6 +8,7 @@ import typer
 
 from contracts.registry import STREAMS, contract_for_stream
 from workers.errors import ExitCode
+from workers.partitions import stream_keys
 from workers.shell import fail
 
 StreamOpt = Annotated[
@@ -22,6 +23,30 @@ def check_stream(stream: str) -> None:
         contract_for_stream(stream)
     except KeyError as exc:
         raise fail(str(exc.args[0]), ExitCode.USAGE) from None
+
+
+PartitionOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--partition", "-p", min=0, help="Only this partition (FLEET_STREAM_PARTITIONS > 1)."
+    ),
+]
+
+
+def keys_for(stream: str | None, partitions: int, partition: int | None = None) -> list[str]:
+    """The Valkey keys of :func:`streams_for`: one per partition of each stream
+    (docs/scaling.md), or only partition ``partition``."""
+    if partition is not None and partition >= partitions:
+        raise fail(
+            f"--partition {partition}: FLEET_STREAM_PARTITIONS is {partitions} "
+            f"(partitions 0 to {partitions - 1})",
+            ExitCode.USAGE,
+        )
+    keys: list[str] = []
+    for name in streams_for(stream):
+        found = stream_keys(name, partitions)
+        keys.extend(found if partition is None or partitions == 1 else [found[partition]])
+    return keys
 
 
 def streams_for(stream: str | None) -> list[str]:

@@ -14,10 +14,11 @@ from rich.progress import Progress
 
 from contracts.base import Event
 from contracts.registry import contract_for_stream
-from contracts.wire import DecodeError, decode_data
+from contracts.wire import DecodeError, decode_data, encode_entry
 from workers.cli.options import check_stream
 from workers.clients import clients
 from workers.errors import ConfigError, ExitCode
+from workers.publishing import NotReplicated
 from workers.publishing import publish as publish_events
 from workers.shell import err, fail, out, run_async, settings
 from workers.tracing import tracing_for
@@ -74,6 +75,17 @@ def parse_publish_lines(
     return entries, problems
 
 
+def partition_keys(events: list[Event], field: str) -> dict[int, str]:
+    """Each event's partition key: the text of its top-level wire field ``field``."""
+    keys: dict[int, str] = {}
+    for number, event in enumerate(events, start=1):
+        value = msgspec.json.decode(encode_entry(event)["data"]).get(field)
+        if value is None or isinstance(value, dict | list):
+            raise fail(f"event {number}: no text field {field!r} to partition by", ExitCode.USAGE)
+        keys[id(event)] = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return keys
+
+
 @app.command()
 def publish(
     stream: Annotated[str, typer.Argument(help="Target stream, e.g. notify:delivery.")],
@@ -81,8 +93,24 @@ def publish(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Publish the valid lines even if some are bad.")
     ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Wait until this many replicas have each chunk (WAIT); fail if fewer."
+        ),
+    ] = 0,
+    wait_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds WAIT waits for the replicas.")
+    ] = 5.0,
+    partition_key: Annotated[
+        str,
+        typer.Option(help="The event field choosing the partition (FLEET_STREAM_PARTITIONS > 1)."),
+    ] = "tenantId",
 ) -> None:
-    """Validate events against the contracts, then XADD them (all or, by default, none)."""
+    """Validate events against the contracts, then XADD them (all or, by default, none).
+
+    With FLEET_STREAM_PARTITIONS > 1 each event goes to partition
+    crc32(utf-8 of its partition key) mod P (docs/scaling.md)."""
     check_stream(stream)
     entries, problems = parse_publish_lines(stream, _read_lines(source))
     for problem in problems[:50]:
@@ -92,13 +120,21 @@ def publish(
     if problems and not skip_invalid:
         raise fail(f"{len(problems)} invalid line(s); nothing was published")
     cfg = settings()
+    keys = partition_keys(entries, partition_key) if cfg.stream_partitions > 1 else {}
 
     async def go() -> None:
         async with clients(cfg, need=("valkey",)) as opened:
             with Progress(console=err, transient=True) as progress:
                 task = progress.add_task(f"publishing to {stream}", total=len(entries))
                 await publish_events(
-                    opened.redis, stream, entries, lambda n: progress.advance(task, n)
+                    opened.redis,
+                    stream,
+                    entries,
+                    lambda n: progress.advance(task, n),
+                    partitions=cfg.stream_partitions,
+                    partition_key=lambda event: keys[id(event)],
+                    replicas=replicas,
+                    wait_timeout_ms=max(1, int(wait_timeout * 1000)),
                 )
 
     try:
@@ -106,6 +142,8 @@ def publish(
             run_async(go)
     except ConfigError as exc:
         raise fail(str(exc), exc.exit_code) from None
+    except NotReplicated as exc:
+        raise fail(f"not replicated: {exc}", ExitCode.FAILED) from None
     skipped = f", skipped {len(problems)} invalid" if problems else ""
     out.print(f"published {len(entries)} event(s) to {stream}{skipped}")
     if problems:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
-import msgspec
 import typer
 from rich.table import Table
 
 from workers import streams
-from workers.cli.options import JsonOpt, StreamOpt, streams_for
+from workers.cli.options import JsonOpt, StreamOpt, keys_for
 from workers.clients import clients
-from workers.shell import out, run_async, settings
+from workers.shell import echo_json, out, run_async, settings
 
 app = typer.Typer()
 
@@ -21,9 +18,11 @@ def status(
     stream: StreamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length."""
-    names = streams_for(stream)
+    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length.
+
+    With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S)."""
     cfg = settings()
+    names = keys_for(stream, cfg.stream_partitions)
 
     async def go() -> list[streams.GroupStatus]:
         rows: list[streams.GroupStatus] = []
@@ -39,8 +38,10 @@ def status(
         return rows
 
     rows = run_async(go)
+    if cfg.stream_partitions > 1:
+        rows += streams.summed(rows)
     if as_json:
-        out.print_json(json.dumps([msgspec.to_builtins(r) for r in rows]))
+        echo_json(rows)
         return
     table = Table(title="streamfleet status")
     for column in ("stream", "group", "length", "lag", "pending", "oldest pending", "consumers"):

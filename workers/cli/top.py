@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import typer
@@ -20,8 +20,9 @@ from rich.live import Live
 from rich.table import Table
 
 from workers import streams
-from workers.cli.options import StreamOpt, streams_for
+from workers.cli.options import StreamOpt, keys_for
 from workers.clients import clients
+from workers.partitions import logical_stream, partition_index
 from workers.shell import out, run_async, settings
 
 app = typer.Typer()
@@ -101,6 +102,35 @@ def frame(before: Sample, after: Sample) -> list[Row]:
     return rows
 
 
+def with_sums(rows: list[Row]) -> list[Row]:
+    """``rows`` and, for a partitioned stream, one more row per group summing its
+    partitions (``{S:k}`` → ``S``) (pure)."""
+    sums: dict[tuple[str, str], Row] = {}
+    for r in rows:
+        if partition_index(r.stream) is None:
+            continue
+        key = (logical_stream(r.stream), r.group)
+        seen = sums.get(key)
+        if seen is None:
+            sums[key] = replace(r, stream=key[0])
+            continue
+        lags = (seen.lag, r.lag)
+        sums[key] = replace(
+            seen,
+            rate_in=seen.rate_in + r.rate_in,
+            rate_out=None
+            if seen.rate_out is None or r.rate_out is None
+            else seen.rate_out + r.rate_out,
+            lag=str(int(lags[0]) + int(lags[1])) if all(x.isdigit() for x in lags) else "?",
+            pending=seen.pending + r.pending,
+            oldest_pending_seconds=max(seen.oldest_pending_seconds, r.oldest_pending_seconds),
+            consumers=max(seen.consumers, r.consumers),
+            dlq=seen.dlq + r.dlq,
+            dlq_rate=seen.dlq_rate + r.dlq_rate,
+        )
+    return rows + list(sums.values())
+
+
 def render(rows: list[Row]) -> Table:
     table = Table(title="fleet top")
     columns = ("stream", "group", "in/s", "out/s", "lag", "pending", "oldest pending")
@@ -130,7 +160,7 @@ async def frames(client: Any, names: list[str], interval: float) -> Any:
     while True:
         await asyncio.sleep(interval)  # the refresh interval of the view
         after = await sample(client, names)
-        yield render(frame(before, after))
+        yield render(with_sums(frame(before, after)))
         before = after
 
 
@@ -145,9 +175,11 @@ def top(
         float, typer.Option(min=0.1, help="Seconds between refreshes (and samples).")
     ] = 1.0,
 ) -> None:
-    """Live view per stream and group: rates in and out, lag, pending, consumers, DLQ."""
-    names = streams_for(stream)
+    """Live view per stream and group: rates in and out, lag, pending, consumers, DLQ.
+
+    With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S)."""
     cfg = settings()
+    names = keys_for(stream, cfg.stream_partitions)
 
     async def go() -> None:
         async with clients(cfg, need=("valkey",)) as opened:

@@ -16,7 +16,7 @@
 The guarantees are described in ``docs/kernel.md``.
 """
 
-from workers.kernel.consumer import StreamConsumer
+from workers.kernel.consumer import StreamConsumer, partition_consumers
 from workers.kernel.inbox import Inbox, NoInbox, PgInbox, Statement, Tx, compose
 from workers.kernel.process import tune_gc
 from workers.kernel.stopping import Stopping
@@ -33,5 +33,6 @@ __all__ = [
     "Tx",
     "Worker",
     "compose",
+    "partition_consumers",
     "tune_gc",
 ]

@@ -12,12 +12,19 @@ import asyncio
 
 import redis.exceptions as redis_exc
 
+from workers.cluster import TRANSIENT
 from workers.errors import error_text
 from workers.kernel.held import HeldEntries
 from workers.kernel.member import Member
 from workers.kernel.stopping import Stopping
 
-REDIS_ERRORS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
+# A lost connection, or (on a cluster) a slot without a reachable primary for a moment.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+    OSError,
+    *TRANSIENT,
+)
 _ATTEMPTS = 5
 
 

@@ -29,6 +29,7 @@ from workers.kernel.reading import Reader
 from workers.kernel.settle import Settler
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Worker
+from workers.partitions import stream_keys
 
 log = structlog.get_logger("workers.kernel")
 
@@ -40,14 +41,26 @@ _HELPER_STOP_SECONDS = 5.0
 class StreamConsumer:
     """Runs one worker as one consumer of its group until :meth:`stop` is called."""
 
-    def __init__(self, worker: Worker[Any, Any], consumer: str, inbox: Inbox) -> None:
+    def __init__(
+        self,
+        worker: Worker[Any, Any],
+        consumer: str,
+        inbox: Inbox,
+        *,
+        key: str | None = None,
+        background: bool = True,
+    ) -> None:
+        """``key``: the stream key this consumer reads, one partition of the worker's
+        stream (:func:`partition_consumers`); default the stream's own key. ``background``:
+        whether it runs the worker's background task (once per worker, not per partition)."""
         settings = worker.resources.settings
         self.worker = worker
         self.settings = settings
         # redis-py types replies as unions of every RESP shape; replies are read as Any
         # and shaped at this edge.
         self.redis: Any = worker.resources.redis
-        self.stream = worker.stream
+        self.stream = key or worker.stream
+        self._background = background
         self.group = worker.group
         self.consumer = consumer
         self.idle_ms = int(worker.reclaim_idle_seconds * 1000)
@@ -111,8 +124,11 @@ class StreamConsumer:
         helpers = [
             asyncio.create_task(self.housekeeping.reclaim(self.stopping), name="reclaimer"),
             asyncio.create_task(self.housekeeping.maintain(self.stopping), name="maintenance"),
-            asyncio.create_task(self.worker.background(self.stopping), name="worker-background"),
         ]
+        if self._background:
+            helpers.append(
+                asyncio.create_task(self.worker.background(self.stopping), name="worker-background")
+            )
         self.ready.set()
         try:
             await self.stopping.wait()
@@ -166,6 +182,19 @@ class StreamConsumer:
                 # reclaimer hand it out again, and max_deliveries ends a loop.
                 self._log.error("batch.crashed", error=error_text(exc), size=len(batch.entries))
                 self.held.release(entry_id for entry_id, _ in batch.entries)
+
+
+def partition_consumers(
+    worker: Worker[Any, Any], consumer: str, inbox: Inbox
+) -> list[StreamConsumer]:
+    """One consumer per key of the worker's stream (``FLEET_STREAM_PARTITIONS``, see
+    docs/scaling.md), all under the same consumer name; the first runs the worker's
+    background task."""
+    keys = stream_keys(worker.stream, worker.resources.settings.stream_partitions)
+    return [
+        StreamConsumer(worker, consumer, inbox, key=key, background=index == 0)
+        for index, key in enumerate(keys)
+    ]
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, seconds: float) -> set[Any]:

@@ -85,9 +85,10 @@ class BatchHandler:
         self._max_deliveries = settings.max_deliveries
         self._budget = settings.retry_budget_seconds or worker.reclaim_idle_seconds / 2
         self.triage = triage_for(worker)
-        self._retries = metrics.EVENTS.labels(worker.stream, worker.group, "batch", "retried")
+        # Labelled with the key read, like every runtime metric: a partition's own key.
+        self._retries = metrics.EVENTS.labels(settler.stream, worker.group, "batch", "retried")
         self._after_commit_failures = metrics.AFTER_COMMIT_FAILURES.labels(
-            worker.stream, worker.group
+            settler.stream, worker.group
         )
 
     async def handle(self, batch: Batch) -> None:

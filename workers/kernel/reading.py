@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 
 from workers import streams
+from workers.cluster import reads_client
 from workers.errors import error_text
 from workers.kernel.acker import REDIS_ERRORS
 from workers.kernel.handling import Batch
@@ -46,10 +46,9 @@ class Reader:
     ) -> None:
         self._m = member
         self._spans = spans
-        # Reads go through a client of the same pool whose XREADGROUP replies are shaped
-        # by shape_reply (no Python call per entry).
-        self._reads: Any = aioredis.Redis(connection_pool=member.redis.connection_pool)
-        self._reads.set_response_callback("XREADGROUP", shape_reply)
+        # Reads go through a client (of the same pool, or the cluster client) whose
+        # XREADGROUP replies are shaped by shape_reply (no Python call per entry).
+        self._reads: Any = reads_client(member.redis, shape_reply)
         self._held = held
         self._queue = queue
         self._stopping = stopping
@@ -125,6 +124,13 @@ class Reader:
                     count=self._batch_size, block=self._block_ms,
                 )  # fmt: skip
                 backoff = 0.1
+            except REDIS_ERRORS as exc:
+                # Before ResponseError: a cluster slot without its primary is both.
+                self._m.log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
+                if await self._stopping.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
             except redis_exc.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     # The stream or group was deleted under us (e.g. by an operator): recreate.
@@ -135,12 +141,6 @@ class Reader:
                 self._m.log.error(  # noqa: TRY400 - one line, no traceback
                     "stream.read_refused", error=error_text(exc), retry_in=backoff
                 )
-                if await self._stopping.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
-            except REDIS_ERRORS as exc:
-                self._m.log.warning("valkey.unavailable", error=error_text(exc), retry_in=backoff)
                 if await self._stopping.sleep(backoff):
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF)

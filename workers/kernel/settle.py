@@ -38,6 +38,11 @@ class Settler:
         self._debug = debug
         self._children: dict[tuple[str, str], Any] = {}
 
+    @property
+    def stream(self) -> str:
+        """The stream key settled on (a partition's key when streams are partitioned)."""
+        return self._m.stream
+
     def committed(self, items: Sequence[Item], fresh: Sequence[Item], out: Triaged) -> None:
         """``items`` committed; those not in ``fresh`` had been handled before."""
         out.ack.extend([item.entry_id for item in items])

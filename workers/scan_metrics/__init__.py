@@ -8,8 +8,9 @@ wins). Idempotency: the runtime's inbox by
 ``eventId``; rows converge to the same content in any arrival order and under
 duplication (precedence rules in :mod:`workers.scan_metrics.rows`). Failed scans keep
 their error and the phases that ran and are excluded from TTE statistics; replays are
-flagged and excluded from SLO figures. Old rows are deleted by the snapshot-retention
-service (``FLEET_SCAN_METRICS_RETENTION_DAYS``, default 90) by ``created_at``.
+flagged and excluded from SLO figures. Old rows (``created_at`` older than
+``FLEET_SCAN_METRICS_RETENTION_DAYS``, default 90) are deleted by the worker's own scheduled
+housekeeping, once across replicas (:mod:`workers.scan_metrics.retention`).
 """
 
 from workers.scan_metrics.worker import ScanMetricsWorker

@@ -34,9 +34,9 @@ TRACKED_PHASES: Final[tuple[PhaseName, ...]] = (
 ALL_PHASES: Final[tuple[PhaseName, ...]] = (*TRACKED_PHASES, "other")
 
 SLO_P50_MS: Final = 120_000
-"""TTE p50 target: below 120 s (seed 000)."""
+"""TTE p50 target: below 120 s (docs/workers.md, scan-metrics)."""
 SLO_P95_MS: Final = 300_000
-"""TTE p95 target: below 300 s (seed 000)."""
+"""TTE p95 target: below 300 s (docs/workers.md, scan-metrics)."""
 
 MAX_INT: Final = INT32_MAX
 """Largest value of a PostgreSQL INT column: longer durations or larger counts would not

@@ -30,8 +30,10 @@ from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScannerEvent, Sc
 from workers import metrics
 from workers.db import array_literal
 from workers.kernel.inbox import Tx, compose
+from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
 from workers.scan_metrics import tte
+from workers.scan_metrics.retention import ScanMetricsRetention
 from workers.scan_metrics.rows import ScanRow, rows_for_batch
 
 log = structlog.get_logger("workers.scan_metrics")
@@ -261,6 +263,18 @@ class ScanMetricsWorker(Worker[ScannerEvent, None]):
         self._breaches: dict[str, Any] = {
             slo: metrics.SCAN_SLO_BREACHES.labels(slo) for slo in ("p50", "p95")
         }
+        # Built here so that a bad schedule stops the worker at start, not at midnight.
+        self._retention = (
+            None
+            if resources.pool is None
+            else ScanMetricsRetention(resources.settings, resources.pool)
+        )
+
+    async def background(self, stopping: Stopping) -> None:
+        """Expire old scan metrics on the retention schedule, once across the fleet
+        (``workers/scan_metrics/retention.py``); needs PostgreSQL only."""
+        if self._retention is not None:
+            await self._retention.run(stopping)
 
     def validate(self, event: ScannerEvent) -> str | None:
         return tte.validate(event)

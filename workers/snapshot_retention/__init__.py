@@ -1,13 +1,17 @@
-"""Snapshot governance and retention for imported feed snapshots (SPEC §5.4).
+"""Snapshot governance and retention for imported feed snapshots (docs/snapshots.md).
 
-``core`` holds every decision as pure functions over plain data: snapshot ids, freshness,
-the snapshot state machine, rollback and retention planning, the hash-chained audit log and
-content-addressed object keys. ``store`` persists records, holds and the audit chain;
-``service`` runs the operations over PostgreSQL and S3 and is the ``snapshot-retention``
-worker; ``api`` serves the seed's HTTP API on the ops endpoint; ``cli`` is
-``fleet snapshots``.
+Pure modules, one per capability, no I/O: ``times`` (instants, ISO 8601 durations), ``ids``
+(snapshot ids, digests, object keys), ``records``, ``payload``, ``lifecycle`` (the state
+machine, activation, rollback and expiry plans), ``freshness``, ``retention`` (planning),
+``audit`` (the hash chain and its anchors) and ``api_shapes`` (the HTTP bodies).
+
+Around them: ``store`` persists records, holds, thresholds and the audit chain; ``base``,
+``reads``, ``changes``, ``housekeeping`` and ``audit_log`` are the operations, assembled
+into ``service.Snapshots``; ``worker`` is the ``snapshot-retention`` worker; ``api`` serves
+the HTTP API on the ops endpoint; ``cli`` is ``fleet snapshots``.
 """
 
-from workers.snapshot_retention.service import SnapshotRetentionService, Snapshots
+from workers.snapshot_retention.service import Snapshots
+from workers.snapshot_retention.worker import SnapshotRetentionService
 
 __all__ = ["SnapshotRetentionService", "Snapshots"]

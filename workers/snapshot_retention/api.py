@@ -15,37 +15,25 @@ Errors are ``{"error": {"status": N, "message": "..."}}``.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from workers.settings import Settings
-from workers.snapshot_retention import core
-from workers.snapshot_retention.core import RollbackTrigger, SnapshotState
-from workers.snapshot_retention.service import (
-    RollbackDenied,
-    RollbackFailed,
-    Snapshots,
-)
+from workers.snapshot_retention.api_shapes import ListResponse, RollbackRequest
+from workers.snapshot_retention.changes import RollbackDenied, RollbackFailed
+from workers.snapshot_retention.ids import parse_snapshot_id, validate_tool
+from workers.snapshot_retention.lifecycle import RollbackTrigger
+from workers.snapshot_retention.records import SnapshotState
+from workers.snapshot_retention.service import Snapshots
 
 API_ACTOR = "api"
 """``executedBy`` of API rollbacks: the token is shared, so it names no person."""
 
 
-class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    reason: str
-    dryRun: bool = False  # the seed's wire name
-    force: bool = False
-    trigger: Literal["user_request", "data_corruption", "compliance"] = "user_request"
-
-
-class ListResponse(msgspec.Struct, frozen=True, kw_only=True):
-    snapshots: list[core.Snapshot]
-
-
 _encoder = msgspec.json.Encoder()
-_request_decoder = msgspec.json.Decoder(RollbackRequest)
+_rollback_decoder = msgspec.json.Decoder(RollbackRequest)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -81,7 +69,7 @@ class SnapshotApi:
         state_text = request.query.get("state") or None
         try:
             if tool is not None:
-                core.validate_tool(tool)
+                validate_tool(tool)
             state = None if state_text is None else SnapshotState(state_text)
         except ValueError as exc:
             return _error(400, str(exc))
@@ -91,7 +79,7 @@ class SnapshotApi:
     async def show(self, request: web.Request) -> web.Response:
         snapshot_id = request.match_info["snapshot_id"]
         try:
-            core.parse_snapshot_id(snapshot_id)
+            parse_snapshot_id(snapshot_id)
         except ValueError as exc:
             return _error(400, str(exc))
         found = await self.snapshots.get(snapshot_id)
@@ -105,11 +93,11 @@ class SnapshotApi:
             return refused
         snapshot_id = request.match_info["snapshot_id"]
         try:
-            core.parse_snapshot_id(snapshot_id)
+            parse_snapshot_id(snapshot_id)
         except ValueError as exc:
             return _error(400, str(exc))
         try:
-            body = _request_decoder.decode(await request.read())
+            body = _rollback_decoder.decode(await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f"malformed request body: {exc}")
         if not body.reason.strip():
@@ -137,7 +125,7 @@ class SnapshotApi:
         tool = request.query.get("tool") or None
         if tool is not None:
             try:
-                core.validate_tool(tool)
+                validate_tool(tool)
             except ValueError as exc:
                 return _error(400, str(exc))
         return _json(await self.snapshots.sla(tool=tool))

@@ -1,7 +1,7 @@
 """Persistence of snapshot records, retention holds and the audit chain (asyncpg).
 
 Every function takes a connection and runs in the caller's transaction; none decides
-anything (``core`` does). Writers that change a tool's snapshots hold the tool's advisory
+anything (the pure modules do). Writers that change a tool's snapshots hold the tool's advisory
 transaction lock (:func:`lock_tool`); audit writers hold the chain's tail lock
 (:func:`append_audit` takes it), always in that order, so two writers never deadlock and
 never fork the chain.
@@ -17,18 +17,17 @@ from typing import Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from workers.snapshot_retention.core import (
+from workers.snapshot_retention.audit import (
     GENESIS_HASH,
     AuditDraft,
     AuditEvent,
     AuditRecord,
     AuditValue,
-    RetentionHold,
-    Snapshot,
-    SnapshotState,
-    StateChange,
     seal,
 )
+from workers.snapshot_retention.lifecycle import StateChange
+from workers.snapshot_retention.records import Snapshot, SnapshotState
+from workers.snapshot_retention.retention import RetentionHold
 
 # Advisory lock keys. PostgreSQL keeps one-bigint and two-int4 keys in separate spaces;
 # 0x5F1EE7 is the fleet's prefix (migrations use 0x5F1EE7_0001), 0005 is this migration.

@@ -5,11 +5,13 @@ touches, recomputes the consensus of ``vex.vex_raw`` statements weighted by
 ``vex.issuer_trust`` and upserts ``vex.consensus``; a changed result is published
 as ``vex.consensus.updated`` on ``vex:consensus``.
 
-- :mod:`workers.vex_consensus.consensus`: the algorithm of SPEC §5.2.1 as a pure,
+- :mod:`workers.vex_consensus.consensus`: the consensus rules (docs/workers.md) as a pure,
   deterministic function (same statements in any order give byte-identical output).
 - :mod:`workers.vex_consensus.documents`: pure parsing of OpenVEX and CSAF VEX
   documents into statements whose ids are derived from their content, so importing
-  a document twice stores nothing new.
+  a document twice stores nothing new; one module per format
+  (:mod:`~workers.vex_consensus.openvex`, :mod:`~workers.vex_consensus.csaf`) over the
+  shared records and raw-id rule (:mod:`~workers.vex_consensus.records`).
 - :mod:`workers.vex_consensus.store`: the set-based SQL (a fixed number of round
   trips per 5,000 pairs, never one per pair).
 - :mod:`workers.vex_consensus.service`: recompute, import, trust change and the

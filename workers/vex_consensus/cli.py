@@ -23,9 +23,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from workers.clients import clients
-from workers.errors import ConfigError, ExitCode
+from workers.errors import ConfigError, ExitCode, first_line
 from workers.logs import configure_logging
-from workers.shell import CliError, echo_json, err, fail, first_line, out, run_async, settings
+from workers.shell import CliError, echo_json, err, fail, out, run_async, settings
 from workers.vex_consensus import service, store
 from workers.vex_consensus.consensus import (
     ISSUER_TYPES,
@@ -74,8 +74,10 @@ def _run(work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]) -> T:
 async def _publish(pool: asyncpg.Pool) -> tuple[int, str | None]:
     """Publish the outbox; (events published, why publishing was deferred or None)."""
     try:
-        async with clients(settings(), need=("valkey",)) as opened:
-            return await service.publish_outbox(pool, opened.redis), None
+        cfg = settings()
+        async with clients(cfg, need=("valkey",)) as opened:
+            partitions = cfg.stream_partitions
+            return await service.publish_outbox(pool, opened.redis, partitions=partitions), None
     except ConfigError as exc:
         return 0, str(exc)
     except redis_exc.RedisError as exc:
@@ -201,7 +203,7 @@ def _accumulate(total: service.RecomputeReport, part: service.RecomputeReport) -
 
 
 def verdict_reason(verdict: StatementVerdict, outcome: ConsensusOutcome) -> str:
-    """Why a statement counted or not, in one sentence (rules of SPEC §5.2.1)."""
+    """Why a statement counted or not, in one sentence (docs/workers.md, "The consensus rules")."""
     downgraded = (
         " (a not_affected without justification counts as under_investigation)"
         if verdict.effective_status != verdict.status

@@ -1,4 +1,4 @@
-"""The VEX consensus algorithm of SPEC §5.2.1: a pure, deterministic function.
+"""The VEX consensus rules (docs/workers.md): a pure, deterministic function.
 
 :func:`compute_consensus` takes the statements about one (component purl,
 vulnerability) pair and the issuer trust table and returns a
@@ -283,7 +283,7 @@ def compute_consensus(
     statements: Iterable[Statement],
     trust: Mapping[str, IssuerTrust],
 ) -> ConsensusOutcome:
-    """Resolve one pair's status from its statements (SPEC §5.2.1, rules 1-8).
+    """Resolve one pair's status from its statements (docs/workers.md, consensus rules 1-8).
 
     Raises ``ValueError`` when two different statements share a raw id, since
     then no order-independent answer exists.

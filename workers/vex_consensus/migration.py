@@ -12,7 +12,7 @@ as it was and the migration pending. What it does, in order:
 3. A consensus row stored under a spelling that is not canonical is withdrawn (deleted,
    its open conflicts closed as superseded, a withdrawal announced through the
    outbox), and its review-queue history is renamed to the canonical purl.
-4. Every pair is recomputed under the scope rule of SPEC §5.2.1 (reason
+4. Every pair is recomputed under the scope rule (docs/workers.md, consensus rule 4; reason
    ``policy_knob``): pairs that collapsed into one are merged into one row, and results
    the old exact-string lookup got wrong are corrected and announced. Running workers
    publish the outbox.

@@ -13,7 +13,7 @@ percent-encoded, so a canonical purl splits into its parts by those characters
 alone: :func:`scope_of` does that without re-parsing, because scope is decided for
 every statement of every recomputed pair. It must only be given canonical purls.
 
-Scope (SPEC §5.2.1 rule 4): a statement applies to a pair when it names the same
+Scope (docs/workers.md, consensus rule 4): a statement applies to a pair when it names the same
 package (type, namespace, name), its version is absent or equal, its qualifiers are
 a subset of the pair's and its subpath is absent or equal (:func:`applies`). Among
 one issuer's statements that apply, the more specific one wins

@@ -399,7 +399,9 @@ async def set_trust(
 _event_decoder = msgspec.json.Decoder(ConsensusUpdated)
 
 
-async def publish_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: int = 500) -> int:
+async def publish_outbox(
+    pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: int = 500, partitions: int = 1
+) -> int:
     """Move outbox rows to ``vex:consensus`` (``XADD``), oldest first; returns how many.
 
     Rows are claimed ``FOR UPDATE SKIP LOCKED``, so concurrent flushers (several
@@ -423,7 +425,7 @@ async def publish_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: in
                     # Written by this module, so only a contract limit (e.g. a purl longer
                     # than the contract allows) lands here; it can never be published.
                     log.error("vex.outbox_unpublishable", event_id=str(event_id), error=problem)
-            await publish(redis, CONSENSUS_STREAM, events)
+            await publish(redis, CONSENSUS_STREAM, events, partitions=partitions)
             await store.delete_outbox(conn, [event_id for event_id, _ in rows])
         published += len(events)
         if len(rows) < batch:

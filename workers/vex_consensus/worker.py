@@ -143,7 +143,11 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         pool = self.resources.pool
         assert pool is not None
         try:
-            published = await service.publish_outbox(pool, self.resources.redis)
+            published = await service.publish_outbox(
+                pool,
+                self.resources.redis,
+                partitions=self.resources.settings.stream_partitions,
+            )
         except _PUBLISH_ERRORS as exc:
             # Committed results stay in the outbox; the background task publishes them.
             self._log.warning("vex.publish_deferred", error=str(exc)[:200])

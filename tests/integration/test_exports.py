@@ -1,0 +1,187 @@
+"""Signed exports: deterministic bundles, manifests checked with hashlib, DSSE envelopes
+checked with the public key, and ``verify`` catching a changed file or signature."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tests.helpers import fleet_cli
+from workers import signing
+from workers.vex_consensus import service
+from workers.vex_consensus.consensus import IssuerTrust
+from workers.vex_consensus.documents import parse_document
+
+VENDOR = "https://vendor.example/psirt"
+DISTRO = "https://distro.example/security"
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+KEY = signing.generate_key()
+
+
+def openvex(author: str, purl: str, status: str, vuln: str = "CVE-2025-2001") -> bytes:
+    statement: dict[str, Any] = {
+        "vulnerability": {"name": vuln},
+        "products": [{"@id": purl}],
+        "status": status,
+    }
+    if status == "not_affected":
+        statement["justification"] = "component_not_present"
+    return json.dumps(
+        {
+            "@context": "https://openvex.dev/ns/v0.2.0",
+            "@id": f"https://example.test/{hashlib.sha256(author.encode()).hexdigest()[:8]}",
+            "author": author,
+            "timestamp": T0.isoformat(),
+            "version": 1,
+            "statements": [statement],
+        }
+    ).encode()
+
+
+async def seed_consensus(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        await service.set_trust(
+            conn,
+            [
+                IssuerTrust(
+                    issuer_id=VENDOR, trust_score=Decimal("0.90"), priority=1, issuer_type="vendor"
+                ),
+                IssuerTrust(
+                    issuer_id=DISTRO, trust_score=Decimal("0.50"), priority=1, issuer_type="distro"
+                ),
+            ],
+        )
+        docs = [
+            parse_document(openvex(VENDOR, "pkg:npm/left-pad@1.3.0", "not_affected")),
+            parse_document(openvex(DISTRO, "pkg:npm/left-pad@1.3.0", "affected")),
+            parse_document(openvex(VENDOR, "pkg:npm/right-pad@2.0.0", "fixed")),
+        ]
+        await service.import_documents(conn, docs)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "export.pem"
+    path.write_bytes(signing.private_pem(KEY))
+    return path
+
+
+def _env(database_url: str, valkey_url: str) -> dict[str, str]:
+    return {"FLEET_DATABASE_URL": database_url, "FLEET_VALKEY_URL": valkey_url}
+
+
+def _pae(payload_type: str, payload: bytes) -> bytes:
+    # Written out here from the DSSE specification, independent of workers.signing.
+    t = payload_type.encode()
+    return (
+        b"DSSEv1 "
+        + str(len(t)).encode()
+        + b" "
+        + t
+        + b" "
+        + str(len(payload)).encode()
+        + (b" " + payload)
+    )
+
+
+async def test_two_vex_exports_of_the_same_state_are_byte_identical_and_verifiable(
+    db: asyncpg.Pool, database_url: str, valkey_url: str, tmp_path: Path, key_file: Path
+) -> None:
+    await seed_consensus(db)
+    env = _env(database_url, valkey_url)
+    outputs = []
+    for name in ("first", "second"):
+        manifest = tmp_path / name / "manifest.json"
+        result = fleet_cli(
+            env, "vex", "export", "--format", "json", "--manifest", str(manifest),
+            "--key", str(key_file),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        outputs.append(manifest.parent)
+    first, second = outputs
+    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert names == ["manifest.dsse.json", "manifest.json", "vex/consensus.json"]
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+    # The manifest's hashes, checked here with hashlib.
+    body = (first / "manifest.json").read_bytes()
+    manifest = json.loads(body)
+    assert manifest["profile"] == "vex"
+    for entry in manifest["files"]:
+        data = (first / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert len(data) == entry["size"]
+    consensus = json.loads((first / "vex/consensus.json").read_bytes())["consensus"]
+    assert [(r["component_purl"], r["resolved_status"]) for r in consensus] == [
+        ("pkg:npm/left-pad@1.3.0", "not_affected"),
+        ("pkg:npm/right-pad@2.0.0", "fixed"),
+    ]
+
+    # The DSSE signature, checked here with the public key itself.
+    envelope = json.loads((first / "manifest.dsse.json").read_bytes())
+    assert base64.b64decode(envelope["payload"]) == body
+    public = KEY.public_key()
+    assert isinstance(public, Ed25519PublicKey)
+    (sig,) = envelope["signatures"]
+    public.verify(base64.b64decode(sig["sig"]), _pae(envelope["payloadType"], body))
+
+    ok = fleet_cli(env, "vex", "verify", "--manifest", str(first / "manifest.json"), "--key",
+                   str(key_file))  # fmt: skip
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert "signature ok" in ok.stdout.decode()
+
+
+async def test_verify_catches_a_changed_file_and_a_changed_signature(
+    db: asyncpg.Pool, database_url: str, valkey_url: str, tmp_path: Path, key_file: Path
+) -> None:
+    await seed_consensus(db)
+    env = _env(database_url, valkey_url)
+    manifest = tmp_path / "out" / "manifest.json"
+    made = fleet_cli(
+        env, "vex", "export", "--format", "openvex", "--manifest", str(manifest),
+        "--key", str(key_file),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr.decode()
+    document = manifest.parent / "vex" / "consensus.openvex.json"
+    assert parse_document(document.read_bytes()).format == "openvex"
+    public = tmp_path / "export.pub"
+    public.write_bytes(signing.public_pem(KEY.public_key()))
+
+    original = document.read_bytes()
+    # Same size, different content: only the sha256 can tell.
+    document.write_bytes(original.replace(b"right-pad", b"wrong-pad"))
+    changed = fleet_cli(env, "vex", "verify", "--manifest", str(manifest), "--key", str(public))
+    assert changed.returncode == 1
+    stderr = changed.stderr.decode()
+    assert "vex/consensus.openvex.json" in stderr and "sha256" in stderr, stderr
+    document.write_bytes(original)
+
+    envelope_file = manifest.parent / "manifest.dsse.json"
+    envelope = json.loads(envelope_file.read_bytes())
+    sig = bytearray(base64.b64decode(envelope["signatures"][0]["sig"]))
+    sig[0] ^= 0x01
+    envelope["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    envelope_file.write_text(json.dumps(envelope))
+    forged = fleet_cli(env, "vex", "verify", "--manifest", str(manifest), "--key", str(public))
+    assert forged.returncode == 1
+    assert "bad_signature" in forged.stderr.decode(), forged.stderr.decode()
+
+
+def test_export_without_a_key_is_one_line_error(tmp_path: Path) -> None:
+    result = fleet_cli(
+        {"FLEET_EXPORT_KEY_FILE": ""},
+        "export", "bundle", "--profile", "vex", "--manifest", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    stderr = result.stderr.decode().strip()
+    assert stderr.startswith("error: no signing key") and len(stderr.splitlines()) == 1
