@@ -146,13 +146,16 @@ def shutdown() -> None:
         _active = None
 
 
-def consumer_spans(stream: str, group: str, consumer: str) -> ConsumerSpans | None:
-    """The spans of one consumer, or None with tracing off (the kernel's one test)."""
+def consumer_spans(
+    stream: str, group: str, consumer: str, *, key: str | None = None
+) -> ConsumerSpans | None:
+    """The spans of one consumer of ``stream`` (reading its partition ``key``, when the
+    stream is partitioned), or None with tracing off (the kernel's one test)."""
     if _active is None:
         return None
     from workers.tracing.spans import ConsumerSpans
 
-    return ConsumerSpans(_active.tracer, stream, group, consumer)
+    return ConsumerSpans(_active.tracer, stream, group, consumer, key=key)
 
 
 @contextlib.contextmanager
