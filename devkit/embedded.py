@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import warnings
 from collections.abc import Iterator
@@ -97,10 +98,28 @@ def start_s3(port: int | None = None) -> tuple[Any, str]:
 
 
 @contextlib.contextmanager
-def embedded_stack(state_dir: Path) -> Iterator[EmbeddedStack]:
-    """Start Valkey, PostgreSQL and S3 under ``state_dir``; stop them on exit."""
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked while the block runs: a server started in it inherits the blocked
+    signal, so the terminal's Ctrl-C (sent to the whole process group) leaves it running
+    while the workers drain; it is stopped with SIGTERM as usual. PostgreSQL needs none
+    of this: pg_ctl starts it in a session of its own."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def embedded_stack(state_dir: Path, *, shield: bool = False) -> Iterator[EmbeddedStack]:
+    """Start Valkey, PostgreSQL and S3 under ``state_dir``; stop them on exit. With
+    ``shield``, Valkey ignores the terminal's Ctrl-C (:func:`sigint_blocked`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    valkey = start_valkey(state_dir / "valkey")
+    with sigint_blocked() if shield else contextlib.nullcontext():
+        valkey = start_valkey(state_dir / "valkey")
     try:
         postgres, database_url = start_postgres(state_dir / "postgres")
         try:

@@ -105,6 +105,15 @@ VEX_CONSENSUS_LATENCY = Histogram(
 VEX_CONFLICT_QUEUE_DEPTH = Gauge(
     "fleet_vex_conflict_queue_depth", "Open conflicts in the consensus review queue."
 )
+VEX_CONFLICT_QUEUE_TENANT_MAX = Gauge(
+    "fleet_vex_conflict_queue_tenant_max_depth",
+    "Open conflicts of the tenant with the most (seed 004 alerts above 500 for any tenant).",
+)
+VEX_ISSUER_TRUST_CHANGES = Counter(
+    "fleet_vex_issuer_trust_changes_total",
+    "Issuer trust rows changed, by issuer and trust tier (issuer type).",
+    ["issuer", "tier"],
+)
 VEX_RECOMPUTE_DURATION = Histogram(
     "fleet_vex_recompute_duration_seconds",
     "Consensus recompute duration, by trigger.",
@@ -244,6 +253,8 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_vex_consensus_latency_seconds",
         "fleet_vex_conflict_queue_depth",
         "fleet_vex_recompute_duration_seconds",
+        "fleet_vex_conflict_queue_tenant_max_depth",
+        "fleet_vex_issuer_trust_changes_total",
         "fleet_vex_consensus_conflicts_total",
         "fleet_vex_dsse_verification_failures_total",
         "fleet_vex_export_duration_seconds",

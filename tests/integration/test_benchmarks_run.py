@@ -17,10 +17,15 @@ PERF = Path(__file__).resolve().parents[1] / "perf"
     ("script", "args", "printed"),
     [
         ("bench_runtime.py", ["--events", "2000", "--rounds", "1"], ["ratio b/a", "ratio c/a"]),
+        (
+            "bench_runtime.py",
+            ["--events", "2000", "--rounds", "1", "--tracing"],
+            ["ratio b/a", "ratio c/a", "spans exported"],
+        ),
         ("bench_scan_metrics.py", ["--scans", "500", "--rounds", "1"], ["ratio c/a"]),
         ("bench_vex.py", ["--purls", "200"], ["pairs/s", "round trips"]),
     ],
-    ids=["runtime", "scan-metrics", "vex"],
+    ids=["runtime", "runtime-traced", "scan-metrics", "vex"],
 )
 def test_benchmark_runs_and_prints_its_figures(
     script: str, args: list[str], printed: list[str]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from devkit.embedded import free_port
 
 
 def test_demo_reaches_its_summary_and_stops_its_servers() -> None:
@@ -29,3 +38,70 @@ def test_demo_reaches_its_summary_and_stops_its_servers() -> None:
         assert "'ok': True" in out  # the audit chain verifies
         assert "servers stopped" in out
         assert "Traceback" not in result.stderr.decode()
+
+
+def _events_total(url: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fleet_events_total{")
+    )
+
+
+def _ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bool(response.status == 200)
+
+
+def _until(predicate: Any, seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            value = predicate()
+            if value:
+                return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)  # polling interval of the deadline loop
+
+
+def test_demo_serve_keeps_the_fleet_working_until_ctrl_c() -> None:
+    with tempfile.TemporaryDirectory(prefix="streamfleet-serve-") as folder:
+        Path(folder).chmod(0o755)  # PostgreSQL runs unprivileged when tests run as root
+        port = free_port()
+        log = Path(folder) / "serve.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "workers", "demo", "--serve",
+                    "--state-dir", str(Path(folder) / "state"), "--port", str(port),
+                    "--rate", "50",
+                ],
+                stdout=sink, stderr=sink, env={**os.environ, "COLUMNS": "200"},
+                start_new_session=True,  # a process group of its own, as a terminal gives
+            )  # fmt: skip
+        try:
+            metrics = f"http://127.0.0.1:{port}/metrics"
+            first = _until(lambda: _events_total(metrics), 120, "events handled")
+            _until(lambda: _events_total(metrics) > first, 30, "the counters to move")
+            text = log.read_text(errors="replace")
+            assert f"{metrics}" in text and f"http://127.0.0.1:{port}/status" in text
+            assert "fleet top" in text and "FLEET_VALKEY_URL=redis://" in text
+            if shutil.which("prometheus"):
+                url = re.search(r"prometheus\s+(http://127\.0\.0\.1:\d+)", text)
+                assert url, text
+                ready = f"{url.group(1)}/-/ready"
+                _until(lambda: _ok(ready), 30, ready)
+            # Ctrl-C: SIGINT to the whole process group, embedded servers included.
+            os.killpg(proc.pid, signal.SIGINT)
+            code = proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log.read_text(errors="replace")
+        assert code == 0, text[-3000:]
+        assert "servers stopped" in text and "Traceback" not in text
+        # Valkey ignored the Ctrl-C meant for the fleet: the drain never lost it.
+        assert "valkey.unavailable" not in text

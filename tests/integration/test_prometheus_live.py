@@ -314,6 +314,22 @@ async def seed_vex(pool: asyncpg.Pool) -> None:
         await store.upsert_trust(conn, trust())
 
 
+async def change_trust(live: Stack) -> None:
+    """``fleet vex trust set`` moves a seeded issuer's score (a policy knob): the CLI's
+    recompute and the change reach the dashboards through a running vex-consensus worker
+    (fleet_vex_issuer_trust_changes_total, recompute duration with reason policy_knob)."""
+    trust = getattr(workload, "vex_trust", None)
+    if trust is None or "vex-consensus" not in available_workers():
+        return
+    row = trust()[0]
+    score = "0.99" if str(row.trust_score) != "0.99" else "0.98"
+    result = await asyncio.to_thread(
+        fleet_cli, live.env, "vex", "trust", "set", row.issuer_id, "--score", score,
+        "--priority", str(row.priority), "--type", row.issuer_type,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+
+
 def feed(tag: str, records: int = 3) -> bytes:
     return json.dumps([{"id": f"{tag}-{i}", "severity": "high"} for i in range(records)]).encode()
 
@@ -604,6 +620,7 @@ async def test_every_dashboard_and_rule_query_returns_series(stack: Stack) -> No
     await roll_back_through_the_api(
         live, next(t for t in targets if t.worker == "snapshot-retention")
     )
+    await change_trust(live)
     groups = [STREAM_GROUPS[w] for w in workers_here if w in STREAM_GROUPS]
     deadline = time.monotonic() + 30
     while not await consumed(client, groups):

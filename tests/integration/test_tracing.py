@@ -248,3 +248,48 @@ def test_an_unsupported_otlp_protocol_is_one_line_naming_the_variable(valkey_url
     stderr = result.stderr.decode()
     assert result.returncode == 3, stderr
     assert "OTEL_EXPORTER_OTLP_PROTOCOL" in stderr and "Traceback" not in stderr
+
+
+async def test_vex_consensus_events_continue_the_trace_of_their_batch(
+    real_redis: Any, db: Any, settings_for: Any
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from contracts.vex import ConsensusUpdated
+    from contracts.wire import decode_data
+    from tests.helpers import resources, running
+    from tests.integration import test_vex_worker as vex
+    from workers import tracing
+    from workers.vex_consensus import VexConsensusWorker
+
+    exporter = InMemorySpanExporter()
+    configured = tracing.configure(settings_for(tracing="otlp"), exporter=exporter)
+    assert configured is not None
+    try:
+        await vex.seed(db)
+        worker = VexConsensusWorker(resources(settings_for(), real_redis, db))
+        trigger = vex.advisory([vex.A, vex.B])
+        async with running(worker):
+            await vex.publish_advisory(real_redis, trigger)
+            await poll(lambda: vex.handled(real_redis, db, 1), what="the advisory handled")
+        configured.provider.force_flush()
+        spans = exporter.get_finished_spans()
+        (process,) = [s for s in spans if s.name == "process concelier:drift"]
+        context = process.get_span_context()
+        out = [
+            decode_data(ConsensusUpdated, fields[b"data"])
+            for _, fields in await real_redis.xrange("vex:consensus")
+        ]
+        assert out
+        for event in out:
+            parsed = tracing.parse_traceparent(event.traceparent)
+            assert parsed is not None
+            assert (parsed.trace_id, parsed.span_id) == (context.trace_id, context.span_id)
+            assert event.correlation_id == trigger.correlation_id
+            assert event.causation_id == str(trigger.event_id)
+        # The batch's statements and the outbox's send are children of its process span.
+        children = [s for s in spans if s.parent == context]
+        assert any((s.attributes or {}).get("db.system") == "postgresql" for s in children)
+        assert "send vex:consensus" in {s.name for s in children}
+    finally:
+        tracing.shutdown()

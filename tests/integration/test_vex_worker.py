@@ -14,13 +14,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
+import structlog.testing
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
 from contracts.wire import decode_data
 from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
 from workers.publishing import publish
-from workers.vex_consensus import VexConsensusWorker, service, store
+from workers.vex_consensus import VexConsensusWorker, service, store, telemetry
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
 from workers.vex_consensus.purls import canonical_purl
@@ -256,11 +258,12 @@ async def test_trust_change_flips_a_result_and_publishes_it(
     assert (b["resolved_status"], b["conflict_detected"]) == ("not_affected", True)
     new = (await published(redis))[len(first) :]
     # B flipped; the distro's versionless statement is a pair of its own and appears; it
-    # also speaks for A, where the distro (0.95) now outweighs the vendor (0.90).
+    # also speaks for A, where the distro (0.95) now outweighs the vendor (0.90). The
+    # distro had a trust row: a knob moved, so the reason is policy_knob.
     assert {(e.component_purl, e.resolved_status, e.reason) for e in new} == {
-        (B, "not_affected", "issuer_update"),
-        (A_BASE, "fixed", "issuer_update"),
-        (A, "fixed", "issuer_update"),
+        (B, "not_affected", "policy_knob"),
+        (A_BASE, "fixed", "policy_knob"),
+        (A, "fixed", "policy_knob"),
     }
     assert rows[(A, VULN)]["digest"] != old[(A, VULN)]["digest"]
     conflicts = {r["digest"]: r for r in await db.fetch("SELECT * FROM vex.consensus_conflicts")}
@@ -335,6 +338,10 @@ async def test_conflict_queue_depth_gauge_equals_open_conflicts(
         await poll(lambda: handled(redis, db, 1), what="the advisory handled")
         assert await _open(db) == 5
         await poll(lambda: _gauge_is(5), what="gauge at 5")
+        # The conflicts belong to the advisory's tenant, the deepest one.
+        tenants = await db.fetch("SELECT DISTINCT tenant_id FROM vex.consensus_conflicts")
+        assert [r["tenant_id"] for r in tenants] == [TENANT]
+        assert metric("fleet_vex_conflict_queue_tenant_max_depth") == 5
         # A reviewer closes two; the background refresh follows.
         await db.execute(
             "UPDATE vex.consensus_conflicts SET resolved_at = now(), resolution = 'reviewed' "
@@ -342,7 +349,72 @@ async def test_conflict_queue_depth_gauge_equals_open_conflicts(
             purls[:2],
         )
         await poll(lambda: _gauge_is(3), what="gauge at 3")
+        # Two conflicts of another tenant: the total grows, the deepest tenant stays at 3.
+        other = uuid.uuid4()
+        await db.execute(
+            "UPDATE vex.consensus_conflicts SET tenant_id = $2 WHERE component_purl = ANY($1)",
+            purls[2:4],
+            other,
+        )
+        await service.refresh_conflict_gauge(db)
+        assert metric("fleet_vex_conflict_queue_depth") == 3
+        assert metric("fleet_vex_conflict_queue_tenant_max_depth") == 2
     assert await _open(db) == metric("fleet_vex_conflict_queue_depth") == 3
+
+
+async def test_trust_changes_are_recorded_and_exported_once_with_their_reason(
+    db: asyncpg.Pool,
+) -> None:
+    await seed(db)
+    knob_before = metric("fleet_vex_recompute_duration_seconds_count", reason="policy_knob")
+    update_before = metric("fleet_vex_recompute_duration_seconds_count", reason="issuer_update")
+    distro_before = metric("fleet_vex_issuer_trust_changes_total", issuer=DISTRO, tier="distro")
+    with structlog.testing.capture_logs() as logs:
+        async with db.acquire() as conn, conn.transaction():
+            # The distro had a row: its weight moved, a policy knob.
+            knob = await service.set_trust(conn, [trust(DISTRO, "0.95", 1, "distro")])
+    assert knob.recompute.reason == "policy_knob" and knob.recompute.changed
+    async with db.acquire() as conn, conn.transaction():
+        added = await service.set_trust(conn, [trust(ANON, "0.40", 3, "community")])
+    assert added.recompute.reason == "issuer_update"
+    recorded = await db.fetch(
+        "SELECT issuer_id, issuer_type, reason, score_before, score_after, observed_at "
+        "FROM vex.trust_changes ORDER BY change_id"
+    )
+    assert [
+        (r["issuer_id"], r["issuer_type"], r["reason"], str(r["score_before"]), r["observed_at"])
+        for r in recorded
+    ] == [
+        (DISTRO, "distro", "policy_knob", "0.50", None),
+        (ANON, "community", "issuer_update", "None", None),
+    ]
+    assert await telemetry.observe_trust_changes(db) == 2
+    assert await telemetry.observe_trust_changes(db) == 0  # each change is counted once
+    assert metric("fleet_vex_issuer_trust_changes_total", issuer=DISTRO, tier="distro") == (
+        distro_before + 1
+    )
+    assert metric("fleet_vex_issuer_trust_changes_total", issuer=ANON, tier="community") >= 1
+    assert (
+        metric("fleet_vex_recompute_duration_seconds_count", reason="policy_knob")
+        == knob_before + 1
+    )
+    assert (
+        metric("fleet_vex_recompute_duration_seconds_count", reason="issuer_update")
+        == update_before + 1
+    )
+    # Each changed pair's decision is logged with the fields seed 004 names.
+    decisions = [e for e in logs if e["event"] == "vex.decision"]
+    assert len(decisions) == knob.recompute.changed
+    fields = {"correlationId", "artifactKey", "advisoryKey", "issuer", "trustTier"}
+    fields |= {"weightBefore", "weightAfter", "justification"}
+    assert all(fields <= d.keys() and d["reason"] == "policy_knob" for d in decisions)
+    flipped = {d["artifactKey"]: d for d in decisions}[A_BASE]
+    assert (flipped["advisoryKey"], flipped["issuer"], flipped["trustTier"]) == (
+        VULN,
+        DISTRO,
+        "distro",
+    )
+    assert flipped["weightAfter"] is not None and flipped["statusAfter"] == "fixed"
 
 
 async def _open(db: asyncpg.Pool) -> int:

@@ -62,6 +62,8 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_vex_consensus_latency_seconds": "histogram",
     "fleet_vex_conflict_queue_depth": "gauge",
     "fleet_vex_recompute_duration_seconds": "histogram",
+    "fleet_vex_conflict_queue_tenant_max_depth": "gauge",  # seed 004: > 500 for any tenant
+    "fleet_vex_issuer_trust_changes_total": "counter",  # seed 004: issuer trust changes
     "fleet_vex_consensus_conflicts_total": "counter",
     "fleet_notify_deliveries_total": "counter",
     "fleet_notify_delivery_latency_seconds": "histogram",

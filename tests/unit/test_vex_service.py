@@ -14,9 +14,11 @@ from contracts.vex import VexStatus
 from workers.kernel.worker import Resources
 from workers.settings import load_settings
 from workers.vex_consensus import service, store
+from workers.vex_consensus.audit import Before
 from workers.vex_consensus.cli import parse_trust, verdict_reason
 from workers.vex_consensus.consensus import IssuerTrust, Statement, compute_consensus
 from workers.vex_consensus.service import Trigger, consensus_event_id, plan_changes
+from workers.vex_consensus.telemetry import TrustChange, recompute_reason, trust_changes
 from workers.vex_consensus.worker import (
     MAX_PAIRS_PER_ADVISORY,
     VexConsensusWorker,
@@ -306,3 +308,43 @@ def test_an_advisory_with_an_invalid_purl_is_refused_with_the_reason() -> None:
     assert problem == (
         "invalid purl 'pkg:maven/@1.3.4': purl is missing the required name component"
     )
+
+
+def test_each_changed_pair_gets_an_audit_decision_with_the_seed_fields() -> None:
+    before = {(SPLIT, VULN): Before(status="fixed", confidence=Decimal("0.4000"))}
+    trigger = Trigger(tenant_id=uuid.uuid4(), correlation_id="corr-9")
+    plan = plan_changes(
+        PAIRS,
+        FILED,
+        TRUST,
+        {(SPLIT, VULN): "0" * 64},
+        reason="policy_knob",
+        computed_at=NOW,
+        triggers={(SPLIT, VULN): trigger},
+        before=before,
+    )
+    decisions = {d.artifact_key: d for d in plan.decisions}
+    split = decisions[SPLIT]
+    # The vendor (0.90) outweighs the distro (0.60): it decides, affected at 0.6 of the level.
+    assert (split.correlation_id, split.advisory_key, split.issuer) == ("corr-9", VULN, "vendor")
+    assert (split.status_before, split.weight_before) == ("fixed", "0.4000")
+    assert split.status_after == "affected" and split.weight_after == "0.6000"
+    assert split.fields()["weightAfter"] == "0.6000" and split.fields()["trustTier"] == "other"
+    agree = decisions[AGREE]
+    assert agree.status_before is None and agree.weight_before is None
+    assert set(decisions) == {AGREE, SPLIT}  # unchanged and empty pairs decide nothing
+
+
+def test_a_trust_change_is_a_policy_knob_only_when_weight_or_level_moves() -> None:
+    old = IssuerTrust(issuer_id="distro", trust_score=Decimal("0.60"), priority=1)
+    heavier = IssuerTrust(issuer_id="distro", trust_score=Decimal("0.80"), priority=1)
+    retyped = IssuerTrust(
+        issuer_id="distro", trust_score=Decimal("0.60"), priority=1, issuer_type="distro"
+    )
+    new = IssuerTrust(issuer_id="new", trust_score=Decimal("0.50"), priority=2)
+    assert TrustChange(before=old, after=heavier).reason == "policy_knob"
+    assert TrustChange(before=old, after=retyped).reason == "issuer_update"
+    assert TrustChange(before=None, after=new).reason == "issuer_update"
+    changes = trust_changes({"distro": old}, [heavier, new], ["distro", "new"])
+    assert recompute_reason(changes) == "policy_knob"
+    assert recompute_reason(changes[1:]) == "issuer_update"

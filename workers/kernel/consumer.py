@@ -77,7 +77,7 @@ class StreamConsumer:
             member, self.held, self.acker, self.hard_stop, debug=settings.log_level == "debug"
         )
         # None with tracing off: the kernel's only test of it, once per read and per batch.
-        spans = tracing.consumer_spans(self.stream, self.group, consumer)
+        spans = tracing.consumer_spans(worker.stream, self.group, consumer, key=self.stream)
         self.handler = BatchHandler(worker, inbox, settler, self.hard_stop, self._log, spans)
         self.reader = Reader(
             member, self.held, self.queue, self.stopping,

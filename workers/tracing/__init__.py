@@ -88,7 +88,7 @@ def configure(
     exporter: SpanExporter | None = None,
 ) -> Tracing | None:
     """Turn tracing on when ``FLEET_TRACING=otlp``; with it off, return None and create
-    nothing. ``exporter`` replaces the OTLP exporter (tests)."""
+    nothing. ``exporter`` replaces the OTLP exporter (benchmarks, tests)."""
     global _active
     if settings.tracing == "off":
         return None
@@ -107,7 +107,7 @@ def configure(
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         raise ConfigError(
             f"FLEET_TRACING=otlp needs the tracing extra: pip install 'streamfleet[tracing]' "
@@ -119,9 +119,8 @@ def configure(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # Endpoint, headers, timeout and compression come from OTEL_EXPORTER_OTLP_*.
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    else:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]  # the instrumentation ships no annotations
     instrumentor.instrument(tracer_provider=provider)
     _active = Tracing(provider, instrumentor)
@@ -147,13 +146,16 @@ def shutdown() -> None:
         _active = None
 
 
-def consumer_spans(stream: str, group: str, consumer: str) -> ConsumerSpans | None:
-    """The spans of one consumer, or None with tracing off (the kernel's one test)."""
+def consumer_spans(
+    stream: str, group: str, consumer: str, *, key: str | None = None
+) -> ConsumerSpans | None:
+    """The spans of one consumer of ``stream`` (reading its partition ``key``, when the
+    stream is partitioned), or None with tracing off (the kernel's one test)."""
     if _active is None:
         return None
     from workers.tracing.spans import ConsumerSpans
 
-    return ConsumerSpans(_active.tracer, stream, group, consumer)
+    return ConsumerSpans(_active.tracer, stream, group, consumer, key=key)
 
 
 @contextlib.contextmanager

@@ -94,7 +94,15 @@ class Producer:
 class ConsumerSpans:
     """The receive and process spans of one consumer of one group."""
 
-    def __init__(self, tracer: trace.Tracer, stream: str, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        key: str | None = None,
+    ) -> None:
         self._tracer = tracer
         self._stream = stream
         self._receive_name = f"receive {stream}"
@@ -105,6 +113,9 @@ class ConsumerSpans:
             "messaging.consumer.group.name": group,
             "messaging.client.id": consumer,
         }
+        if key is not None and key != stream:
+            # A partitioned stream (docs/scaling.md): the key this consumer reads.
+            self._common["messaging.destination.partition.id"] = key
 
     def received(
         self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], started_ns: int, command: str

@@ -33,7 +33,8 @@ from contracts.vex import ConsensusUpdated
 from workers import metrics
 from workers.db import DbConn
 from workers.publishing import publish
-from workers.vex_consensus import store
+from workers.vex_consensus import store, telemetry
+from workers.vex_consensus.audit import Before, Decision, decision
 from workers.vex_consensus.consensus import (
     ConsensusOutcome,
     ConsensusResult,
@@ -58,6 +59,9 @@ CHUNK_SIZE: Final = 5000
 
 EVENT_ID_NAMESPACE: Final = uuid.UUID("0f6f3c2e-35d9-4b8e-9a52-7d0c1b6e4a11")
 """Fixed namespace of :func:`consensus_event_id`; changing it re-identifies every event."""
+
+TENANT_QUEUE_ALERT: Final = 500
+"""Open conflicts of one tenant above which seed 004 alerts (FleetVexConflictQueueDeep)."""
 
 SYSTEM_TENANT: Final = uuid.UUID(int=0)
 """The tenant of events not caused by a tenant's event (imports, trust changes)."""
@@ -88,6 +92,8 @@ class ChangePlan(msgspec.Struct, frozen=True, kw_only=True):
     events: tuple[ConsensusUpdated, ...]
     conflict_counts: dict[str, int]
     unchanged: int
+    decisions: tuple[Decision, ...] = ()
+    """The audit record of every changed pair (:mod:`~workers.vex_consensus.audit`)."""
 
 
 class RecomputeReport(msgspec.Struct, kw_only=True):
@@ -138,39 +144,52 @@ def plan_changes(
     computed_at: datetime,
     triggers: Mapping[Pair, Trigger] | None = None,
     default_trigger: Trigger | None = None,
+    before: Mapping[Pair, Before] | None = None,
 ) -> ChangePlan:
     """Decide what to write for ``pairs`` (pure).
 
     ``filed`` holds statements by (package, vulnerability), ``stored`` the
-    stored digest of each pair that has a row. Conflicts are counted, and queued,
-    only for results that changed, so an unchanged recompute never counts twice.
+    stored digest of each pair that has a row (``before``: its status and confidence,
+    for the audit record). Conflicts are counted, and queued, only for results that
+    changed, so an unchanged recompute never counts twice.
     """
     upserts: list[ConsensusResult] = []
     deletes: list[Pair] = []
     changed: dict[Pair, str | None] = {}
     queued: list[ConflictRow] = []
     events: list[ConsensusUpdated] = []
+    decisions: list[Decision] = []
     counts: Counter[str] = Counter()
     unchanged = 0
     fallback = default_trigger or _NO_TRIGGER
     for pair in pairs:
-        outcome = compute_consensus(pair[0], pair[1], statements_for(pair, filed), trust)
+        statements = statements_for(pair, filed)
+        outcome = compute_consensus(pair[0], pair[1], statements, trust)
         result = outcome.result
-        before = stored.get(pair)
+        previous = stored.get(pair)
         after = None if result is None else result.digest
-        if before == after:
+        if previous == after:
             unchanged += 1
             continue
         changed[pair] = after
         counts.update(outcome.conflicts)
+        trigger = (triggers or {}).get(pair, fallback)
         if result is None:
             deletes.append(pair)
         else:
             upserts.append(result)
             if result.conflict_detected:
-                queued.append(_conflict_row(outcome, result))
-        trigger = (triggers or {}).get(pair, fallback)
-        events.append(_event(pair, result, before, reason, computed_at, trigger))
+                queued.append(_conflict_row(outcome, result, trigger))
+        events.append(_event(pair, result, previous, reason, computed_at, trigger))
+        decisions.append(
+            decision(
+                outcome,
+                statements,
+                trust,
+                (before or {}).get(pair),
+                trigger.correlation_id,
+            )
+        )
     return ChangePlan(
         upserts=tuple(upserts),
         deletes=tuple(deletes),
@@ -179,11 +198,15 @@ def plan_changes(
         events=tuple(events),
         conflict_counts=dict(sorted(counts.items())),
         unchanged=unchanged,
+        decisions=tuple(decisions),
     )
 
 
-def _conflict_row(outcome: ConsensusOutcome, result: ConsensusResult) -> ConflictRow:
+def _conflict_row(
+    outcome: ConsensusOutcome, result: ConsensusResult, trigger: Trigger
+) -> ConflictRow:
     return ConflictRow(
+        tenant_id=trigger.tenant_id,
         conflict_id=conflict_id_for(result.component_purl, result.vulnerability_id, result.digest),
         component_purl=result.component_purl,
         vulnerability_id=result.vulnerability_id,
@@ -267,7 +290,13 @@ async def recompute(
             computed_at=computed_at,
             triggers=triggers,
             default_trigger=default_trigger,
+            before={
+                pair: Before(status=row.resolved_status, confidence=row.confidence)
+                for pair, row in stored.items()
+            },
         )
+        for decided in plan.decisions:
+            log.info("vex.decision", reason=reason, **decided.fields())
         await store.write_consensus(conn, plan.upserts, plan.deletes, computed_at)
         await store.update_conflicts(conn, plan.changed, plan.conflicts, computed_at)
         await store.write_outbox(conn, [(e.event_id, _encoder.encode(e)) for e in plan.events])
@@ -346,13 +375,22 @@ class TrustReport(msgspec.Struct, frozen=True, kw_only=True):
 async def set_trust(
     conn: DbConn, rows: Sequence[IssuerTrust], *, now: datetime | None = None
 ) -> TrustReport:
-    """Upsert trust rows; recompute every pair an issuer whose row changed spoke about."""
+    """Upsert trust rows; recompute every pair an issuer whose row changed spoke about.
+
+    The recompute's reason is ``policy_knob`` when an existing issuer's score or
+    priority moved, ``issuer_update`` when issuers only gained rows or changed type.
+    The changes are recorded (``vex.trust_changes``) for a worker to export as metrics
+    (:mod:`workers.vex_consensus.telemetry`)."""
+    before = await store.trust_of(conn, [r.issuer_id for r in rows])
     changed = await store.upsert_trust(conn, rows)
+    changes = telemetry.trust_changes(before, rows, changed)
     pairs: set[Pair] = set()
     if changed:
         spoken = await store.issuer_pairs(conn, changed)
         pairs = spoken | await store.covered_pairs(conn, spoken)
-    report = await recompute(conn, pairs, reason="issuer_update", now=now)
+    reason = telemetry.recompute_reason(changes)
+    report = await recompute(conn, pairs, reason=reason, now=now)
+    await telemetry.record_trust_changes(conn, changes, report.seconds)
     return TrustReport(changed_issuers=tuple(changed), recompute=report)
 
 
@@ -395,8 +433,19 @@ async def publish_outbox(
 
 
 async def refresh_conflict_gauge(pool: asyncpg.Pool) -> int:
-    """Set ``fleet_vex_conflict_queue_depth`` to the open conflicts; returns the count."""
+    """Set ``fleet_vex_conflict_queue_depth`` to the open conflicts and
+    ``fleet_vex_conflict_queue_tenant_max_depth`` to the deepest tenant's; returns the
+    count. A tenant past the alert's threshold is named in a warning line (tenants are
+    never labels)."""
     async with pool.acquire() as conn:
-        depth = await store.open_conflicts(conn)
-    metrics.VEX_CONFLICT_QUEUE_DEPTH.set(depth)
-    return depth
+        depth = await telemetry.queue_depth(conn)
+    metrics.VEX_CONFLICT_QUEUE_DEPTH.set(depth.total)
+    metrics.VEX_CONFLICT_QUEUE_TENANT_MAX.set(depth.deepest)
+    if depth.deepest > TENANT_QUEUE_ALERT:
+        log.warning(
+            "vex.conflict_queue_deep",
+            tenant_id=str(depth.deepest_tenant),
+            depth=depth.deepest,
+            threshold=TENANT_QUEUE_ALERT,
+        )
+    return depth.total

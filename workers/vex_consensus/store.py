@@ -68,6 +68,8 @@ class ConflictRow(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     statuses: tuple[str, ...]
     digest: str
+    # The tenant whose event caused the recompute that found it (system: all zeros).
+    tenant_id: uuid.UUID = uuid.UUID(int=0)
 
 
 class TrustListing(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,6 +297,21 @@ RETURNING issuer_id
 """
 
 
+_TRUST_OF = """
+SELECT issuer_id, trust_score, priority, issuer_type FROM vex.issuer_trust
+WHERE issuer_id = ANY($1::text[])
+"""
+
+
+async def trust_of(conn: DbConn, issuer_ids: Sequence[str]) -> dict[str, IssuerTrust]:
+    """The trust rows of ``issuer_ids`` that exist."""
+    rows = await conn.fetch(_TRUST_OF, list(issuer_ids))
+    return {
+        r["issuer_id"]: _trust(r["issuer_id"], r["trust_score"], r["priority"], r["issuer_type"])
+        for r in rows
+    }
+
+
 async def upsert_trust(conn: DbConn, rows: Sequence[IssuerTrust]) -> list[str]:
     """Insert or update trust rows; returns the issuers whose row actually changed."""
     unique = {r.issuer_id: r for r in rows}
@@ -459,12 +476,14 @@ WHERE k.component_purl = d.purl AND k.vulnerability_id = d.vulnerability_id
 
 _QUEUE_CONFLICTS = """
 INSERT INTO vex.consensus_conflicts AS k (
-    conflict_id, component_purl, vulnerability_id, reason, statuses, digest, detected_at
+    conflict_id, component_purl, vulnerability_id, reason, statuses, digest, detected_at,
+    tenant_id
 )
 SELECT q.conflict_id, q.purl, q.vulnerability_id, q.reason,
-       string_to_array(q.statuses, ','), q.digest, $7::timestamptz
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-    AS q(conflict_id, purl, vulnerability_id, reason, statuses, digest)
+       string_to_array(q.statuses, ','), q.digest, $7::timestamptz, q.tenant_id
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $8::uuid[])
+    AS q(conflict_id, purl, vulnerability_id, reason, statuses, digest, tenant_id)
 ON CONFLICT (component_purl, vulnerability_id, digest) DO UPDATE SET
     resolved_at = NULL, resolution = NULL, detected_at = EXCLUDED.detected_at
 WHERE k.resolution = 'superseded'
@@ -501,6 +520,7 @@ async def update_conflicts(
             [",".join(q.statuses) for q in queued],
             [q.digest for q in queued],
             at,
+            [q.tenant_id for q in queued],
         )
 
 

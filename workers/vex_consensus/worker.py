@@ -32,7 +32,7 @@ from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.trimming import trim_stream
 from workers.kernel.worker import Resources, Worker
-from workers.vex_consensus import service
+from workers.vex_consensus import service, telemetry
 from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
@@ -118,13 +118,17 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
             await self._refresh_gauge()
 
     async def background(self, stopping: Stopping) -> None:
-        """Publish outbox rows a crash left behind, refresh the queue depth gauge, and
-        trim ``vex:consensus`` by the stream retention."""
+        """Publish outbox rows a crash left behind, refresh the queue depth gauges, export
+        trust changes made elsewhere (:mod:`~workers.vex_consensus.telemetry`), and trim
+        ``vex:consensus`` by the stream retention."""
         settings = self.resources.settings
+        pool = self.resources.pool
+        assert pool is not None
         while True:
             try:
                 await self._publish()
                 await self._refresh_gauge()
+                await telemetry.observe_trust_changes(pool)
                 await trim_stream(
                     self.resources.redis,
                     service.CONSENSUS_STREAM,
