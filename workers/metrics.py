@@ -147,7 +147,13 @@ EXPORT_MANIFEST_PUBLISH = Counter(
 )
 
 # Exported at 0 from the start, so increase() sees the first failure.
-for _reason in ("malformed", "unknown_key", "bad_signature", "payload_type"):
+for _reason in (
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "payload_type",
+    "signature_required",
+):
     VEX_DSSE_FAILURES.labels(_reason)
 for _result in ("ok", "error"):
     EXPORT_MANIFEST_PUBLISH.labels(_result)

@@ -31,7 +31,7 @@ from workers import metrics, streams
 from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
-from workers.vex_consensus import service
+from workers.vex_consensus import keys, service
 from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
@@ -114,10 +114,12 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         """Publish outbox rows a crash left behind, refresh the queue depth gauge, and
         trim ``vex:consensus`` by the stream retention."""
         settings = self.resources.settings
+        seen = await self._last_rejection()
         while True:
             try:
                 await self._publish()
                 await self._refresh_gauge()
+                seen = await self._count_rejections(seen)
                 await streams.trim_stream(
                     self.resources.redis,
                     service.CONSENSUS_STREAM,
@@ -140,6 +142,30 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
             return
         if published:
             self._log.debug("vex.published", events=published)
+
+    async def _last_rejection(self) -> int | None:
+        """Rejections already stored when this process started are not counted again."""
+        pool = self.resources.pool
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                return await keys.last_rejection_id(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return None
+
+    async def _count_rejections(self, seen: int | None) -> int | None:
+        """Count documents ``fleet vex import`` refused since the last pass (any process
+        may import; this long-running one is the one Prometheus scrapes)."""
+        pool = self.resources.pool
+        assert pool is not None
+        async with pool.acquire() as conn:
+            if seen is None:
+                return await keys.last_rejection_id(conn)
+            newest, counts = await keys.rejections_after(conn, seen)
+        for reason, n in counts.items():
+            metrics.VEX_DSSE_FAILURES.labels(reason).inc(n)
+            self._log.warning("vex.signed_document_refused", reason=reason, documents=n)
+        return newest
 
     async def _refresh_gauge(self) -> None:
         pool = self.resources.pool
