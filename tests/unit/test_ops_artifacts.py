@@ -35,6 +35,7 @@ STREAM_WORKERS: dict[str, tuple[str, str]] = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),
     "notify-delivery": ("notify:delivery", "notify-workers"),
+    "export": ("export:requests", "export-workers"),
 }
 WORKERS = [*STREAM_WORKERS, "snapshot-retention"]
 SHUTDOWN_GRACE_SECONDS = 25
@@ -118,6 +119,7 @@ WORKER_KEYS = {
     "vex-consensus": {"concelier:drift", "concelier:drift:dlq", "vex:consensus"},
     "notify-delivery": {"notify:delivery", "notify:delivery:dlq"},
     "snapshot-retention": set(),
+    "export": {"export:requests", "export:requests:dlq", "export:events"},
 }
 KEDA_COMMANDS = CONNECTION_COMMANDS | {"xinfo|groups", "xpending", "xlen"}
 NEVER_GRANTED = {"flushall", "flushdb", "keys", "config", "debug", "shutdown", "acl", "module"}
@@ -642,7 +644,7 @@ def test_acl_keda_is_read_only_on_the_input_streams() -> None:
 
 def test_acl_admin_sees_only_fleet_streams() -> None:
     rules = acl_users()["fleet-admin"]
-    assert acl_keys(rules) == {"scanner:*", "concelier:*", "notify:*", "vex:*"}
+    assert acl_keys(rules) == {"scanner:*", "concelier:*", "notify:*", "vex:*", "export:*"}
 
 
 def test_acl_command_simulation_follows_rule_order() -> None:
