@@ -132,6 +132,11 @@ EXPORT_BUNDLE_SIZE = Histogram(
     ["profile"],
     buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
 )
+EXPORTS = Counter(
+    "fleet_exports_total",
+    "Export requests handled, by profile and outcome (completed, failed).",
+    ["profile", "outcome"],
+)
 EXPORT_ATTESTATION_FAILURES = Counter(
     "fleet_export_attestation_failures_total",
     "Export manifests that could not be signed or whose signature did not verify.",
@@ -157,6 +162,11 @@ for _reason in (
     VEX_DSSE_FAILURES.labels(_reason)
 for _result in ("ok", "error"):
     EXPORT_MANIFEST_PUBLISH.labels(_result)
+for _reason in ("no_key", "malformed", "unknown_key", "bad_signature", "hash_mismatch"):
+    EXPORT_ATTESTATION_FAILURES.labels(_reason)
+for _profile in ("vex", "scan-metrics", "snapshots"):
+    for _outcome in ("completed", "failed"):
+        EXPORTS.labels(_profile, _outcome)
 
 # notify-delivery (SPEC §5.3)
 NOTIFY_DELIVERIES = Counter(
@@ -241,6 +251,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_vex_dsse_verification_failures_total",
         "fleet_vex_export_duration_seconds",
         "fleet_export_job_duration_seconds",
+        "fleet_exports_total",
         "fleet_export_bundle_size_bytes",
         "fleet_export_attestation_failures_total",
         "fleet_export_queue_depth",

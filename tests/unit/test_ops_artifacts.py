@@ -69,10 +69,24 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_snapshot_freshness": "gauge",
     "fleet_snapshot_retention_actions_total": "counter",
     "fleet_snapshot_rollbacks_total": "counter",
+    # exports and signed VEX (seeds 002 and 004, docs/exports.md)
+    "fleet_vex_dsse_verification_failures_total": "counter",
+    "fleet_vex_export_duration_seconds": "histogram",
+    "fleet_export_job_duration_seconds": "histogram",
+    "fleet_export_bundle_size_bytes": "histogram",
+    "fleet_export_attestation_failures_total": "counter",
+    "fleet_export_queue_depth": "gauge",
+    "fleet_export_manifest_publish_total": "counter",
+    "fleet_exports_total": "counter",
 }
 SCRAPE_METRICS = {"up"}
 
 ALERTS = {
+    "FleetExportDurationHigh",
+    "FleetExportAttestationFailures",
+    "FleetVexDsseVerificationFailures",
+    "FleetExportFailureRatioHigh",
+    "FleetExportQueueStalled",
     "FleetGroupLagGrowing",
     "FleetOldestPendingTooOld",
     "FleetDeadLettersArriving",
@@ -368,7 +382,7 @@ def test_alert_has_severity_and_runbook(alert: str) -> None:
     for heading in ("## Meaning", "## Impact", "## Diagnosis", "## Remediation"):
         assert heading in text, f"{runbook.name} lacks {heading}"
     assert "```promql" in text, f"{runbook.name} has no PromQL"
-    assert re.search(r"`fleet (status|dlq list|tte|vex|snapshots)", text), (
+    assert re.search(r"`fleet (status|dlq list|tte|vex|snapshots|export)", text), (
         f"{runbook.name} does not use the fleet CLI"
     )
 

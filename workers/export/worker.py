@@ -210,6 +210,8 @@ class ExportWorker(Worker[ExportRequested, list[Done]]):
         for item in result:
             profile = item.outcome.profile
             metrics.EXPORT_JOB_DURATION.labels(profile).observe(item.seconds)
+            completed = isinstance(item.outcome, ExportCompleted)
+            metrics.EXPORTS.labels(profile, "completed" if completed else "failed").inc()
             if item.size is not None:
                 metrics.EXPORT_BUNDLE_SIZE.labels(profile).observe(item.size)
             self._log.info(
