@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from contracts.base import Event
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated
+from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.notify import NotificationFailed, NotificationSent
 from contracts.scanner import ScanCompleted, ScanFailed, ScanSubmitted
 from contracts.vex import ConsensusUpdated
@@ -61,6 +62,21 @@ STREAMS: dict[str, StreamContract] = {
             reclaim_idle_seconds=60.0,
             event_types=(ConsensusUpdated,),
             description="Changed VEX consensus results, published by vex-consensus.",
+        ),
+        StreamContract(
+            stream="export:requests",
+            default_group="export-workers",
+            reclaim_idle_seconds=60.0,
+            event_types=(ExportRequested,),
+            description="Requests for signed export bundles (profiles vex, scan-metrics, "
+            "snapshots).",
+        ),
+        StreamContract(
+            stream="export:events",
+            default_group=None,
+            reclaim_idle_seconds=60.0,
+            event_types=(ExportCompleted, ExportFailed),
+            description="Export outcomes, published by the export worker.",
         ),
     )
 }

@@ -76,7 +76,7 @@ async def database_url(postgres_server: Any) -> AsyncIterator[str]:
     await drop_database(base, name)
 
 
-_OWN_SCHEMAS = ("fleet", "notify", "scanner", "vex", "ingest")
+_OWN_SCHEMAS = ("fleet", "notify", "scanner", "vex", "ingest", "export")
 
 
 @pytest.fixture

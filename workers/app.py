@@ -20,6 +20,7 @@ import structlog
 from workers.clients import clients
 from workers.db import DataStep
 from workers.errors import ConfigError, ExitCode
+from workers.export import ExportWorker
 from workers.http import OpsServer, bind
 from workers.kernel import PgInbox, Stopping, StreamConsumer, partition_consumers, tune_gc
 from workers.kernel.lease import ConsumerLease
@@ -38,6 +39,7 @@ WORKERS: dict[str, type[Any]] = {
     "vex-consensus": VexConsensusWorker,
     "notify-delivery": NotifyDeliveryWorker,
     "snapshot-retention": SnapshotRetentionService,
+    "export": ExportWorker,
 }
 """Worker names accepted by ``fleet run``, mapped to their implementation."""
 

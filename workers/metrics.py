@@ -148,6 +148,11 @@ EXPORT_BUNDLE_SIZE = Histogram(
     ["profile"],
     buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
 )
+EXPORTS = Counter(
+    "fleet_exports_total",
+    "Export requests handled, by profile and outcome (completed, failed).",
+    ["profile", "outcome"],
+)
 EXPORT_ATTESTATION_FAILURES = Counter(
     "fleet_export_attestation_failures_total",
     "Export manifests that could not be signed or whose signature did not verify.",
@@ -163,10 +168,21 @@ EXPORT_MANIFEST_PUBLISH = Counter(
 )
 
 # Exported at 0 from the start, so increase() sees the first failure.
-for _reason in ("malformed", "unknown_key", "bad_signature", "payload_type"):
+for _reason in (
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "payload_type",
+    "signature_required",
+):
     VEX_DSSE_FAILURES.labels(_reason)
 for _result in ("ok", "error"):
     EXPORT_MANIFEST_PUBLISH.labels(_result)
+for _reason in ("no_key", "malformed", "unknown_key", "bad_signature", "hash_mismatch"):
+    EXPORT_ATTESTATION_FAILURES.labels(_reason)
+for _profile in ("vex", "scan-metrics", "snapshots"):
+    for _outcome in ("completed", "failed"):
+        EXPORTS.labels(_profile, _outcome)
 
 # notify-delivery (docs/workers.md)
 NOTIFY_DELIVERIES = Counter(
@@ -259,6 +275,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "fleet_vex_dsse_verification_failures_total",
         "fleet_vex_export_duration_seconds",
         "fleet_export_job_duration_seconds",
+        "fleet_exports_total",
         "fleet_export_bundle_size_bytes",
         "fleet_export_attestation_failures_total",
         "fleet_export_queue_depth",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,8 +17,16 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tests.helpers import fleet_cli
+from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
+from contracts.wire import decode_event
+from devkit.embedded import start_s3
+from tests.helpers import fleet_cli, metric, poll, running
+from workers import s3 as s3io
 from workers import signing
+from workers.export import ExportWorker
+from workers.kernel.worker import Resources
+from workers.publishing import publish
+from workers.s3 import open_s3
 from workers.vex_consensus import service
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
@@ -25,6 +35,7 @@ VENDOR = "https://vendor.example/psirt"
 DISTRO = "https://distro.example/security"
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 KEY = signing.generate_key()
+TENANT = uuid.UUID("7d1f0a3e-2b4c-4d5e-8f6a-7b8c9d0e1f2a")
 
 
 def openvex(author: str, purl: str, status: str, vuln: str = "CVE-2025-2001") -> bytes:
@@ -185,3 +196,99 @@ def test_export_without_a_key_is_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     stderr = result.stderr.decode().strip()
     assert stderr.startswith("error: no signing key") and len(stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ the export worker
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    server, url = start_s3()
+    yield url
+    server.stop()
+
+
+def _request(profile: str, **options: str) -> ExportRequested:
+    return ExportRequested(
+        event_id=uuid.uuid4(),
+        version=1,
+        tenant_id=TENANT,
+        occurred_at=datetime.now(UTC),
+        source="test",
+        profile=profile,  # type: ignore[arg-type]  # the tests name valid profiles
+        options=options,
+    )
+
+
+async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
+    real_redis: Any,
+    db: asyncpg.Pool,
+    settings_for: Any,
+    s3_url: str,
+    key_file: Path,
+) -> None:
+    await seed_consensus(db)
+    settings = settings_for(
+        s3_endpoint_url=s3_url,
+        s3_bucket=f"exports-{uuid.uuid4().hex[:12]}",
+        export_key_file=str(key_file),
+    )
+    vex = _request("vex", format="openvex")
+    scans = _request("scan-metrics")
+    snaps = _request("snapshots")
+    bad = _request("vex", format="yaml")
+    before = metric("fleet_export_manifest_publish_total", result="ok")
+    async with open_s3(settings) as s3:
+        worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db, s3=s3))
+        async with running(worker):
+            await publish(real_redis, "export:requests", [vex, scans, snaps, bad])
+
+            async def announced() -> bool:
+                return int(await real_redis.xlen("export:events")) == 4
+
+            await poll(announced, what="four outcomes on export:events")
+
+        outcomes = {}
+        for _, fields in await real_redis.xrange("export:events"):
+            event = decode_event(fields)
+            assert isinstance(event, ExportCompleted | ExportFailed)
+            outcomes[event.export_id] = event
+        failed = outcomes[bad.event_id]
+        assert isinstance(failed, ExportFailed) and failed.reason == "invalid_request"
+        assert "yaml" in failed.error
+
+        done = outcomes[vex.event_id]
+        assert isinstance(done, ExportCompleted)
+        assert done.manifest_key == f"exports/vex/{vex.event_id}/manifest.json"
+        body = await s3io.get_object(s3, settings.s3_bucket, done.manifest_key)
+        assert hashlib.sha256(body).hexdigest() == done.manifest_sha256
+        envelope = json.loads(
+            await s3io.get_object(
+                s3, settings.s3_bucket, f"exports/vex/{vex.event_id}/manifest.dsse.json"
+            )
+        )
+        (sig,) = envelope["signatures"]
+        assert sig["keyid"] == done.key_id
+        KEY.public_key().verify(base64.b64decode(sig["sig"]), _pae(envelope["payloadType"], body))
+        for entry in json.loads(body)["files"]:
+            data = await s3io.get_object(
+                s3, settings.s3_bucket, f"exports/vex/{vex.event_id}/{entry['path']}"
+            )
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert done.bundle_size_bytes == sum(e["size"] for e in json.loads(body)["files"])
+        for request, path in (
+            (scans, "scan-metrics/tte-report.json"),
+            (snaps, "snapshots/audit.json"),
+        ):
+            outcome = outcomes[request.event_id]
+            assert isinstance(outcome, ExportCompleted), outcome
+            listed = [f["path"] for f in json.loads(
+                await s3io.get_object(s3, settings.s3_bucket, outcome.manifest_key)
+            )["files"]]  # fmt: skip
+            assert path in listed
+
+    jobs = await db.fetch("SELECT status, published_at FROM export.jobs")
+    assert sorted(j["status"] for j in jobs) == ["completed", "completed", "completed", "failed"]
+    assert all(j["published_at"] is not None for j in jobs)
+    assert metric("fleet_export_manifest_publish_total", result="ok") == before + 3
+    assert metric("fleet_export_job_duration_seconds_count", profile="vex") >= 2

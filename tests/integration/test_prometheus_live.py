@@ -9,7 +9,9 @@ queries select: events of every type (some published twice), poison entries, a t
 group handles, entries a departed consumer never acknowledged (reclaimed), a lagging
 extra group whose entries a capped replica trims, VEX statements that disagree, scans
 past the 120 s and 300 s SLOs, failed notifications, snapshots that are fresh, stale and
-critical, a retention run that archives one and an API rollback.
+critical, a retention run that archives one and an API rollback, export requests (one
+refused for want of a signing key, then one per profile) and a signed VEX document
+refused on import.
 
 Then every dashboard target (Grafana variables substituted), every recording rule (its
 expression and the series it stores) and every alert expression (thresholds removed, see
@@ -44,6 +46,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from contracts import Event, encode_entry
+from contracts.exports import ExportRequested
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
 from devkit import workload
 from devkit.embedded import free_port, start_postgres, start_s3, start_valkey
@@ -56,7 +59,7 @@ from tests.ops_queries import (
     strip_thresholds,
     substitute,
 )
-from workers import metrics, streams
+from workers import metrics, signing, streams
 from workers.app import available_workers, migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.settings import load_settings
@@ -73,6 +76,7 @@ STREAM_GROUPS = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),
     "notify-delivery": ("notify:delivery", "notify-workers"),
+    "export": ("export:requests", "export-workers"),
 }
 LAGGING_GROUP = "replay-audit"
 """An extra group on notify:delivery that never reads: the hard cap trims past it."""
@@ -446,6 +450,8 @@ async def stack(live_dir: Path) -> AsyncIterator[Stack]:
             "FLEET_API_TOKEN": API_TOKEN,
             # Retention every 2 s (croniter's sixth field is seconds), not at midnight.
             "FLEET_RETENTION_SCHEDULE": "* * * * * */2",
+            # Written only after the first export request: that one fails to sign.
+            "FLEET_EXPORT_KEY_FILE": str(folder / "export.pem"),
         }
         live = Stack(
             folder=folder,
@@ -514,6 +520,65 @@ async def roll_back_through_the_api(live: Stack, retention: Target) -> None:
         headers={"Authorization": f"Bearer {API_TOKEN}"},
     ) as response:
         assert response.status == 200, await response.text()
+
+
+def _export_request(profile: str) -> dict[str, bytes]:
+    return encode_entry(
+        ExportRequested(
+            event_id=uuid.uuid4(),
+            version=1,
+            tenant_id=TENANT,
+            occurred_at=datetime.now(UTC),
+            source="live-test",
+            profile=profile,  # type: ignore[arg-type]  # the profiles of the contract
+        )
+    )
+
+
+def write_key(path: Path) -> None:
+    path.write_bytes(signing.private_pem(signing.generate_key()))
+
+
+async def export_and_refuse(live: Stack) -> None:
+    """One export request before the signing key exists (export.failed, an attestation
+    failure), then one per profile with the key; then a signed VEX document by a key no
+    issuer registered, which the import refuses and the vex-consensus worker counts."""
+    client = live.client
+
+    async def outcomes(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while int(await client.xlen("export:events")) < n:
+            assert time.monotonic() < deadline, f"{n} export outcomes not seen within 30 s"
+            await asyncio.sleep(0.2)
+
+    await publish(client, "export:requests", [_export_request("vex")])
+    await outcomes(1)
+    write_key(Path(live.env["FLEET_EXPORT_KEY_FILE"]))
+    await publish(
+        client,
+        "export:requests",
+        [_export_request(p) for p in ("vex", "scan-metrics", "snapshots")],
+    )
+    await outcomes(4)
+    document = {
+        "@context": "https://openvex.dev/ns/v0.2.0",
+        "author": "https://unregistered.example/psirt",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "statements": [
+            {
+                "vulnerability": {"name": "CVE-2025-9999"},
+                "products": [{"@id": "pkg:npm/left-pad@1.3.0"}],
+                "status": "affected",
+            }
+        ],
+    }
+    envelope = signing.sign_envelope(
+        json.dumps(document).encode(), "application/vnd.openvex+json", signing.generate_key()
+    )
+    signed = live.folder / "unregistered.dsse.json"
+    signed.write_text(json.dumps(envelope))
+    refused = fleet_cli(live.env, "vex", "import", str(signed))
+    assert refused.returncode == 1 and b"unknown_key" in refused.stderr, refused.stderr
 
 
 async def trim_past_a_lagging_group(live: Stack, capped: Target) -> None:
@@ -626,6 +691,7 @@ async def test_every_dashboard_and_rule_query_returns_series(stack: Stack) -> No
     while not await consumed(client, groups):
         assert time.monotonic() < deadline, "the workload was not consumed within 30 s"
         await asyncio.sleep(0.2)
+    await export_and_refuse(live)
     await trim_past_a_lagging_group(live, capped)
 
     to_check = checks() + spec_metric_checks()

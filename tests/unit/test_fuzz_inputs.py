@@ -122,6 +122,25 @@ _PAYLOADS: dict[str, dict[str, Any]] = {
         "computedAt": _AT,
         "reason": "advisory_drift",
     },
+    "export.requested": {"profile": "vex", "options": {"format": "openvex"}},
+    "export.completed": {
+        "exportId": str(uuid.UUID(int=7)),
+        "profile": "vex",
+        "bucket": "streamfleet",
+        "manifestKey": "exports/vex/x/manifest.json",
+        "manifestSha256": "ef" * 32,
+        "keyId": "01" * 32,
+        "fileCount": 1,
+        "bundleSizeBytes": 10,
+        "completedAt": _AT,
+    },
+    "export.failed": {
+        "exportId": str(uuid.UUID(int=8)),
+        "profile": "snapshots",
+        "reason": "signing",
+        "error": "no signing key",
+        "failedAt": _AT,
+    },
 }
 
 

@@ -35,6 +35,7 @@ STREAM_WORKERS: dict[str, tuple[str, str]] = {
     "scan-metrics": ("scanner:events", "scan-metrics"),
     "vex-consensus": ("concelier:drift", "vex-consensus"),
     "notify-delivery": ("notify:delivery", "notify-workers"),
+    "export": ("export:requests", "export-workers"),
 }
 WORKERS = [*STREAM_WORKERS, "snapshot-retention"]
 SHUTDOWN_GRACE_SECONDS = 25
@@ -72,10 +73,24 @@ SPEC_METRICS: dict[str, str] = {
     "fleet_snapshot_threshold_seconds": "gauge",
     "fleet_snapshot_retention_actions_total": "counter",
     "fleet_snapshot_rollbacks_total": "counter",
+    # exports and signed VEX (seeds 002 and 004, docs/exports.md)
+    "fleet_vex_dsse_verification_failures_total": "counter",
+    "fleet_vex_export_duration_seconds": "histogram",
+    "fleet_export_job_duration_seconds": "histogram",
+    "fleet_export_bundle_size_bytes": "histogram",
+    "fleet_export_attestation_failures_total": "counter",
+    "fleet_export_queue_depth": "gauge",
+    "fleet_export_manifest_publish_total": "counter",
+    "fleet_exports_total": "counter",
 }
 SCRAPE_METRICS = {"up"}
 
 ALERTS = {
+    "FleetExportDurationHigh",
+    "FleetExportAttestationFailures",
+    "FleetVexDsseVerificationFailures",
+    "FleetExportFailureRatioHigh",
+    "FleetExportQueueStalled",
     "FleetGroupLagGrowing",
     "FleetOldestPendingTooOld",
     "FleetDeadLettersArriving",
@@ -122,6 +137,7 @@ WORKER_KEYS = {
     "vex-consensus": {"concelier:drift", "concelier:drift:dlq", "vex:consensus"},
     "notify-delivery": {"notify:delivery", "notify:delivery:dlq"},
     "snapshot-retention": set(),
+    "export": {"export:requests", "export:requests:dlq", "export:events"},
 }
 KEDA_COMMANDS = CONNECTION_COMMANDS | {"xinfo|groups", "xpending", "xlen"}
 NEVER_GRANTED = {"flushall", "flushdb", "keys", "config", "debug", "shutdown", "acl", "module"}
@@ -370,7 +386,7 @@ def test_alert_has_severity_and_runbook(alert: str) -> None:
     for heading in ("## Meaning", "## Impact", "## Diagnosis", "## Remediation"):
         assert heading in text, f"{runbook.name} lacks {heading}"
     assert "```promql" in text, f"{runbook.name} has no PromQL"
-    assert re.search(r"`fleet (status|dlq list|tte|vex|snapshots)", text), (
+    assert re.search(r"`fleet (status|dlq list|tte|vex|snapshots|export)", text), (
         f"{runbook.name} does not use the fleet CLI"
     )
 
@@ -647,7 +663,7 @@ def test_acl_keda_is_read_only_on_the_input_streams() -> None:
 
 def test_acl_admin_sees_only_fleet_streams() -> None:
     rules = acl_users()["fleet-admin"]
-    assert acl_keys(rules) == {"scanner:*", "concelier:*", "notify:*", "vex:*"}
+    assert acl_keys(rules) == {"scanner:*", "concelier:*", "notify:*", "vex:*", "export:*"}
 
 
 def test_acl_command_simulation_follows_rule_order() -> None:

@@ -79,8 +79,16 @@ async def _utc(conn: DbConn) -> None:
     await conn.execute("SET LOCAL TIME ZONE 'UTC'")
 
 
+def _snapshot(conn: DbConn) -> Any:
+    """One snapshot for every read of a profile; inside a caller's transaction (the
+    export worker's) a savepoint of it."""
+    if conn.is_in_transaction():
+        return conn.transaction()
+    return conn.transaction(isolation="repeatable_read", readonly=True)
+
+
 async def consensus_rows(conn: DbConn, since: datetime | None) -> list[Row]:
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with _snapshot(conn):
         await _utc(conn)
         return await _rows(conn, _CONSENSUS, since)
 
@@ -89,7 +97,7 @@ async def scan_metrics_rows(
     conn: DbConn, tenant: uuid.UUID | None, since: datetime | None
 ) -> tuple[list[Row], list[Row], list[Row], Row]:
     """(scans, phases, hourly TTE statistics, overall TTE percentiles)."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with _snapshot(conn):
         await _utc(conn)
         scans = await _rows(conn, _SCANS, tenant, since)
         phases = await _rows(conn, _PHASES, tenant, since)
@@ -100,6 +108,6 @@ async def scan_metrics_rows(
 
 async def snapshot_rows(conn: DbConn) -> tuple[list[Row], list[Row]]:
     """(active snapshot records, the whole audit trail)."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with _snapshot(conn):
         await _utc(conn)
         return await _rows(conn, _ACTIVE), await _rows(conn, _AUDIT)

@@ -10,110 +10,92 @@ Bad input ends with one ``error: ...`` line and a non-zero exit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-import redis.exceptions as redis_exc
 import typer
 from rich.progress import Progress
-from rich.table import Table
 
-from workers.clients import clients
-from workers.errors import ConfigError, ExitCode, first_line
-from workers.logs import configure_logging
-from workers.shell import CliError, echo_json, err, fail, out, run_async, settings
-from workers.vex_consensus import service, store
+from workers.errors import ExitCode, first_line
+from workers.shell import CliError, echo_json, err, fail, out
+from workers.vex_consensus import ingest, service, store
+from workers.vex_consensus.cli_common import (
+    JsonOpt,
+    publish_pending,
+    published_line,
+    run_with_pool,
+)
+from workers.vex_consensus.cli_review import review_app
+from workers.vex_consensus.cli_trust import parse_trust, trust_app
 from workers.vex_consensus.consensus import (
-    ISSUER_TYPES,
     ConsensusOutcome,
     ConsensusResult,
-    IssuerTrust,
-    IssuerType,
     StatementVerdict,
     compute_consensus,
 )
-from workers.vex_consensus.documents import DocumentError, ParsedDocument, parse_document
+from workers.vex_consensus.documents import DocumentError, ParsedDocument
 from workers.vex_consensus.purls import PurlError, canonical_purl, scope_of, scope_reason
+from workers.vex_consensus.signed import SignatureRejected
 from workers.vex_consensus.store import Pair, StoredConsensus
 
 app = typer.Typer(
     help="VEX statements, issuer trust and the consensus derived from them.",
     no_args_is_help=True,
 )
-trust_app = typer.Typer(
-    help="Issuer trust: each issuer's weight and priority level.", no_args_is_help=True
-)
 app.add_typer(trust_app, name="trust")
-
-T = TypeVar("T")
-_PRIORITY_MAX = 2**31 - 1
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-# ------------------------------------------------------------------ plumbing
-
-
-def _run(work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` with a pool from :func:`workers.clients.clients` (its one-line errors)."""
-    cfg = settings()
-    # The command prints its own outcome; log lines would repeat it, except when debugging.
-    configure_logging("debug" if cfg.log_level == "debug" else "critical", cfg.log_format)
-
-    async def go() -> T:
-        async with clients(cfg, need=("postgres",)) as opened:
-            return await work(opened.pool)
-
-    return run_async(go)
-
-
-async def _publish(pool: asyncpg.Pool) -> tuple[int, str | None]:
-    """Publish the outbox; (events published, why publishing was deferred or None)."""
-    try:
-        cfg = settings()
-        async with clients(cfg, need=("valkey",)) as opened:
-            partitions = cfg.stream_partitions
-            return await service.publish_outbox(pool, opened.redis, partitions=partitions), None
-    except ConfigError as exc:
-        return 0, str(exc)
-    except redis_exc.RedisError as exc:
-        return 0, f"Valkey: {first_line(exc)}"
-
-
-def _published_line(published: int, deferred: str | None, pending: int) -> str:
-    if deferred is None:
-        return f"published {published} event(s) to {service.CONSENSUS_STREAM}"
-    return (
-        f"warning: {deferred}; {pending} event(s) wait in vex.consensus_outbox for a "
-        "running vex-consensus worker"
-    )
+app.add_typer(review_app, name="conflicts")
 
 
 # ------------------------------------------------------------------ import
 
 
-def _parse_files(files: list[Path]) -> list[tuple[Path, ParsedDocument]]:
+def _parse_files(files: list[Path]) -> tuple[list[ingest.Loaded], list[ingest.Rejected]]:
+    """Every file parsed (signed ones unwrapped); envelopes unusable as such are refused."""
     for path in files:
         if path.is_dir():
             raise fail(f"{path}: is a directory, not a VEX document", ExitCode.USAGE)
         if not path.is_file():
             raise fail(f"{path}: no such file", ExitCode.USAGE)
-    parsed: list[tuple[Path, ParsedDocument]] = []
+    parsed: list[ingest.Loaded] = []
+    refused: list[ingest.Rejected] = []
     with Progress(console=err, transient=True, disable=len(files) < 2) as progress:
         task = progress.add_task("validating documents", total=len(files))
         for path in files:
             try:
-                parsed.append((path, parse_document(path.read_bytes())))
+                data = path.read_bytes()
+                parsed.append(ingest.load(data, str(path)))
+            except SignatureRejected as exc:
+                refused.append(
+                    ingest.Rejected(source=str(path), data=data, reason=exc.reason, detail=str(exc))
+                )
             except DocumentError as exc:
                 raise fail(f"{path}: {exc}; nothing was imported") from None
             except OSError as exc:
                 raise fail(f"{path}: cannot read: {exc.strerror or exc}") from None
             progress.advance(task)
-    return parsed
+    return parsed, refused
+
+
+async def _verified(
+    pool: asyncpg.Pool, loaded: list[ingest.Loaded], refused: list[ingest.Rejected]
+) -> list[tuple[Path, ParsedDocument]]:
+    """The documents whose signatures (or lack of one) their issuers accept. Any refusal
+    is kept in vex.ingest_rejections and ends the command: nothing is imported."""
+    async with pool.acquire() as conn:
+        accepted, more = await ingest.check(conn, loaded)
+    refused = refused + more
+    if refused:
+        async with pool.acquire() as conn, conn.transaction():
+            ids = await ingest.keep_rejections(conn, refused)
+        first = refused[0]
+        others = f" (and {len(refused) - 1} more document(s))" if len(refused) > 1 else ""
+        raise CliError(
+            f"{first.source}: refused ({first.reason}): {first.detail}; kept as "
+            f"vex.ingest_rejections #{ids[0]}{others}; nothing was imported"
+        )
+    return [(Path(item.source), doc) for item, doc in accepted]
 
 
 @app.command("import")
@@ -128,9 +110,10 @@ def import_documents(
     stored in one transaction with its recompute. Statements already stored (same
     content, hence same raw id) are skipped.
     """
-    parsed = _parse_files(files)
+    loaded, refused = _parse_files(files)
 
     async def work(pool: asyncpg.Pool) -> tuple[list[str], service.RecomputeReport, int, str]:
+        parsed = await _verified(pool, loaded, refused)
         lines: list[str] = []
         total = service.RecomputeReport(reason="ingestion_delta")
         with Progress(console=err, transient=True, disable=len(parsed) < 2) as progress:
@@ -148,23 +131,28 @@ def import_documents(
                 report.recompute.observe()
                 _accumulate(total, report.recompute)
                 skipped = f", {len(doc.skipped)} product(s) skipped (no purl or an invalid one)"
+                signed = (
+                    ""
+                    if doc.signature is None
+                    else f", signed (key {doc.signature['keyId'][:16]}…)"
+                )
                 lines.append(
-                    f"{path}: {doc.format} {doc.format_version} from {doc.issuer_id!r}: "
+                    f"{path}: {doc.format} {doc.format_version} from {doc.issuer_id!r}{signed}: "
                     f"{report.statements} statement(s), {report.inserted} new"
                     + (skipped if doc.skipped else "")
                 )
                 lines.extend(_refused_purls(path, doc))
                 progress.advance(task)
-        published, deferred = await _publish(pool)
+        published, deferred = await publish_pending(pool)
         async with pool.acquire() as conn:
             pending = await store.outbox_size(conn)
-        return lines, total, pending, _published_line(published, deferred, pending)
+        return lines, total, pending, published_line(published, deferred, pending)
 
-    lines, total, _, published_line = _run(work)
+    lines, total, _, published_text = run_with_pool(work)
     _print_lines(lines)
     out.print(
         f"recomputed {total.pairs} pair(s): {total.changed} changed, "
-        f"{total.conflicts_queued} conflict(s) queued; {published_line}",
+        f"{total.conflicts_queued} conflict(s) queued; {published_text}",
         highlight=False,
         soft_wrap=True,
     )
@@ -355,7 +343,7 @@ def show(
         outcome = compute_consensus(component_purl, vulnerability, statements, trust)
         return _explain(pair, row, outcome, sources)
 
-    shown = _run(work)
+    shown = run_with_pool(work)
     if as_json:
         echo_json(shown)
         return
@@ -417,115 +405,4 @@ def _print_shown(shown: _Shown) -> None:
         out.print(f"      {st.reason}", highlight=False, soft_wrap=True)
 
 
-# ------------------------------------------------------------------ trust
-
-
-def parse_trust(issuer: str, score: str, priority: str, issuer_type: str) -> IssuerTrust:
-    """Validate ``fleet vex trust set`` arguments; raises ``ValueError`` with one line."""
-    issuer_id = issuer.strip()
-    if not issuer_id:
-        raise ValueError("ISSUER must not be blank")
-    if len(issuer_id) > 255:
-        raise ValueError("ISSUER is longer than 255 characters")
-    try:
-        trust_score = Decimal(score.strip())
-    except InvalidOperation:
-        raise ValueError(f"--score {score!r} is not a number") from None
-    if not trust_score.is_finite() or not Decimal(0) <= trust_score <= 1:
-        raise ValueError(f"--score {score!r} must be between 0 and 1")
-    if trust_score != trust_score.quantize(Decimal("0.01")):
-        raise ValueError(f"--score {score!r} has more than two decimal places")
-    try:
-        level = int(priority.strip())
-    except ValueError:
-        raise ValueError(f"--priority {priority!r} is not a whole number") from None
-    if not 0 <= level <= _PRIORITY_MAX:
-        raise ValueError(f"--priority {priority!r} must be between 0 and {_PRIORITY_MAX}")
-    if issuer_type not in ISSUER_TYPES:
-        raise ValueError(f"--type {issuer_type!r} is not one of {', '.join(sorted(ISSUER_TYPES))}")
-    return IssuerTrust(
-        issuer_id=issuer_id,
-        trust_score=trust_score.quantize(Decimal("0.01")),
-        priority=level,
-        issuer_type=cast(IssuerType, issuer_type),
-    )
-
-
-@trust_app.command("set")
-def trust_set(
-    issuer: Annotated[str, typer.Argument(help="Issuer id: an OpenVEX author or CSAF namespace.")],
-    score: Annotated[str, typer.Option("--score", help="Weight within its level, 0 to 1.")],
-    priority: Annotated[
-        str, typer.Option("--priority", help="Level; lower is better, the best present decides.")
-    ],
-    issuer_type: Annotated[
-        str, typer.Option("--type", help="vendor, distro, researcher, community or other.")
-    ] = "other",
-) -> None:
-    """Set an issuer's trust, recompute every pair it made a statement about, publish."""
-    try:
-        row = parse_trust(issuer, score, priority, issuer_type)
-    except ValueError as exc:
-        raise fail(str(exc), ExitCode.USAGE) from None
-
-    async def work(pool: asyncpg.Pool) -> tuple[service.TrustReport, str]:
-        async with pool.acquire() as conn, conn.transaction():
-            report = await service.set_trust(conn, [row])
-        report.recompute.observe()
-        published, deferred = await _publish(pool)
-        async with pool.acquire() as conn:
-            pending = await store.outbox_size(conn)
-        return report, _published_line(published, deferred, pending)
-
-    report, published_line = _run(work)
-    state = "changed" if report.changed_issuers else "unchanged"
-    r = report.recompute
-    out.print(
-        f"issuer {row.issuer_id!r}: trust {row.trust_score}, priority {row.priority}, "
-        f"{row.issuer_type} ({state}); recomputed {r.pairs} pair(s): {r.changed} changed; "
-        f"{published_line}",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-@trust_app.command("list")
-def trust_list(as_json: JsonOpt = False) -> None:
-    """Issuers with their trust, and issuers whose statements are excluded for lack of it."""
-
-    async def work(pool: asyncpg.Pool) -> list[store.TrustListing]:
-        async with pool.acquire() as conn:
-            return await store.list_trust(conn)
-
-    rows = _run(work)
-    if as_json:
-        echo_json(
-            [
-                {
-                    "issuer_id": r.issuer_id,
-                    "trust_score": None if r.trust is None else str(r.trust.trust_score),
-                    "priority": None if r.trust is None else r.trust.priority,
-                    "issuer_type": None if r.trust is None else r.trust.issuer_type,
-                    "statements": r.statements,
-                    "updated_at": None if r.updated_at is None else r.updated_at.isoformat(),
-                }
-                for r in rows
-            ]
-        )
-        return
-    table = Table(title="issuer trust")
-    for column in ("issuer", "type", "score", "priority", "statements", "updated"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        if r.trust is None:
-            table.add_row(r.issuer_id, "[red]no trust row[/]", "-", "-", str(r.statements), "-")
-        else:
-            table.add_row(
-                r.issuer_id,
-                r.trust.issuer_type,
-                str(r.trust.trust_score),
-                str(r.trust.priority),
-                str(r.statements),
-                "-" if r.updated_at is None else f"{r.updated_at:%Y-%m-%d %H:%M}",
-            )
-    out.print(table)
+__all__ = ["app", "parse_trust", "verdict_reason"]

@@ -65,6 +65,8 @@ class ParsedDocument(msgspec.Struct, frozen=True, kw_only=True):
     issuer_id: str
     records: tuple[VexRecord, ...]
     skipped: tuple[SkippedProduct, ...] = ()
+    signature: dict[str, Any] | None = None
+    """For a signed document, what verified it (``vex_raw.signature``: ``keyId`` …)."""
 
 
 def convert(obj: Any, kind: type[_T], what: str) -> _T:

@@ -98,16 +98,16 @@ def lock_bucket(vulnerability_id: str) -> int:
 _INSERT_STATEMENTS = """
 INSERT INTO vex.vex_raw (
     raw_id, issuer_id, component_purl, vulnerability_id, status, justification,
-    impact_statement, raw_statement, published_at, source_document, scope_base
+    impact_statement, raw_statement, published_at, source_document, scope_base, signature
 )
 SELECT r.raw_id, r.issuer_id, r.component_purl, r.vulnerability_id, r.status,
        r.justification, r.impact_statement, r.raw_statement::jsonb, r.published_at,
-       r.source_document, r.scope_base
+       r.source_document, r.scope_base, r.signature::jsonb
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::timestamptz[], $10::text[], $11::text[]
+    $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::text[]
 ) AS r(raw_id, issuer_id, component_purl, vulnerability_id, status, justification,
-       impact_statement, raw_statement, published_at, source_document, scope_base)
+       impact_statement, raw_statement, published_at, source_document, scope_base, signature)
 ON CONFLICT (raw_id) DO NOTHING
 RETURNING raw_id
 """
@@ -122,12 +122,18 @@ async def insert_statements(
 
     Records carry canonical purls (:func:`~workers.vex_consensus.documents.parse_document`
     makes them so); each row also stores its purl's package as ``scope_base``."""
-    by_id: dict[uuid.UUID, tuple[Statement, bytes, str | None]] = {}
+    by_id: dict[uuid.UUID, tuple[Statement, bytes, str | None, str | None]] = {}
     for doc in documents:
+        signature = None if doc.signature is None else _encoder.encode(doc.signature).decode()
         for record in doc.records:
             by_id.setdefault(
                 record.statement.raw_id,
-                (record.statement, _encoder.encode(record.raw_statement), doc.document_id),
+                (
+                    record.statement,
+                    _encoder.encode(record.raw_statement),
+                    doc.document_id,
+                    signature,
+                ),
             )
     # In raw id order, so two imports sharing statements lock their index entries in the
     # same order and cannot deadlock on each other.
@@ -139,20 +145,21 @@ async def insert_statements(
             r["raw_id"]
             for r in await conn.fetch(
                 _INSERT_STATEMENTS,
-                [s.raw_id for s, _, _ in chunk],
-                [s.issuer_id for s, _, _ in chunk],
-                [s.component_purl for s, _, _ in chunk],
-                [s.vulnerability_id for s, _, _ in chunk],
-                [s.status for s, _, _ in chunk],
-                [s.justification for s, _, _ in chunk],
-                [s.impact_statement for s, _, _ in chunk],
-                [raw.decode("utf-8") for _, raw, _ in chunk],
-                [s.published_at for s, _, _ in chunk],
-                [document for _, _, document in chunk],
-                [package_of(s.component_purl) for s, _, _ in chunk],
+                [s.raw_id for s, *_ in chunk],
+                [s.issuer_id for s, *_ in chunk],
+                [s.component_purl for s, *_ in chunk],
+                [s.vulnerability_id for s, *_ in chunk],
+                [s.status for s, *_ in chunk],
+                [s.justification for s, *_ in chunk],
+                [s.impact_statement for s, *_ in chunk],
+                [raw.decode("utf-8") for _, raw, _, _ in chunk],
+                [s.published_at for s, *_ in chunk],
+                [document for _, _, document, _ in chunk],
+                [package_of(s.component_purl) for s, *_ in chunk],
+                [signature for *_, signature in chunk],
             )
         }
-        inserted.extend(s for s, _, _ in chunk if s.raw_id in new_ids)
+        inserted.extend(s for s, *_ in chunk if s.raw_id in new_ids)
     return inserted
 
 

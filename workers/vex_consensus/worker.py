@@ -32,7 +32,7 @@ from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.trimming import trim_stream
 from workers.kernel.worker import Resources, Worker
-from workers.vex_consensus import service, telemetry
+from workers.vex_consensus import keys, service, telemetry
 from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
@@ -124,11 +124,13 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         settings = self.resources.settings
         pool = self.resources.pool
         assert pool is not None
+        seen = await self._last_rejection()
         while True:
             try:
                 await self._publish()
                 await self._refresh_gauge()
                 await telemetry.observe_trust_changes(pool)
+                seen = await self._count_rejections(seen)
                 await trim_stream(
                     self.resources.redis,
                     service.CONSENSUS_STREAM,
@@ -155,6 +157,30 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
             return
         if published:
             self._log.debug("vex.published", events=published)
+
+    async def _last_rejection(self) -> int | None:
+        """Rejections already stored when this process started are not counted again."""
+        pool = self.resources.pool
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                return await keys.last_rejection_id(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return None
+
+    async def _count_rejections(self, seen: int | None) -> int | None:
+        """Count documents ``fleet vex import`` refused since the last pass (any process
+        may import; this long-running one is the one Prometheus scrapes)."""
+        pool = self.resources.pool
+        assert pool is not None
+        async with pool.acquire() as conn:
+            if seen is None:
+                return await keys.last_rejection_id(conn)
+            newest, counts = await keys.rejections_after(conn, seen)
+        for reason, n in counts.items():
+            metrics.VEX_DSSE_FAILURES.labels(reason).inc(n)
+            self._log.warning("vex.signed_document_refused", reason=reason, documents=n)
+        return newest
 
     async def _refresh_gauge(self) -> None:
         pool = self.resources.pool
