@@ -36,6 +36,7 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider -o timeout=900
+	FLEET_CLUSTER_CHAOS_EVENTS=40000 FLEET_CLUSTER_CHAOS_SECONDS=120 FLEET_CLUSTER_CHAOS_KILLS=6 $(BIN)/python -m pytest tests/faults/test_cluster_failover.py -s -p no:cacheprovider -o timeout=900
 
 # Not part of `make test`: a million events, a consumer restarted every minute, memory sampled.
 soak: $(STAMP)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
+import redis.exceptions as redis_exc
 
 from contracts.base import Event
 from contracts.wire import encode_entry
@@ -76,7 +77,6 @@ async def publish(
     nodes: dict[str, Any] = {}
 
     async def send(key: str, entries: list[dict[str, bytes]]) -> None:
-        target = client
         if replicas and cluster.is_cluster(client):
             # WAIT counts the replicas holding this connection's writes: the writes and
             # the WAIT go through one connection to the key's primary.
@@ -84,14 +84,27 @@ async def publish(
             target = nodes.get(node.name)
             if target is None:
                 target = nodes[node.name] = cluster.node_client(client, key)
+            try:
+                replies = await _xadd(target, key, entries)
+            except (redis_exc.RedisError, OSError):
+                # The primary moved (a failover): the cluster client learns where the
+                # slot is now from a command of its own, for the caller's next attempt.
+                await nodes.pop(node.name).aclose()
+                with contextlib.suppress(redis_exc.RedisError, OSError):
+                    await client.exists(key)
+                raise
+        else:
+            replies = await _xadd(client, key, entries)
+        if replicas and int(replies[-1]) < replicas:
+            raise NotReplicated(key, int(replies[-1]), replicas, count)
+
+    async def _xadd(target: Any, key: str, entries: list[dict[str, bytes]]) -> Any:
         async with target.pipeline(transaction=False) as pipe:
             for fields in entries:
                 pipe.xadd(key, fields)
             if replicas:
                 pipe.execute_command("WAIT", replicas, wait_timeout_ms)
-            replies = await pipe.execute()
-        if replicas and int(replies[-1]) < replicas:
-            raise NotReplicated(key, int(replies[-1]), replicas, count)
+            return await pipe.execute()
 
     async def flush() -> None:
         by_key: dict[str, list[dict[str, bytes]]] = {}
