@@ -15,6 +15,7 @@ import msgspec
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated
 from contracts.notify import NotificationFailed, NotificationSent
 from contracts.scanner import ScanCompleted, ScannerEvent
+from contracts.wire import decode_event
 from devkit import workload
 from tests.helpers import metric, poll, resources, running
 from tests.integration.test_vex_worker import ALIAS, VULN, A, B, C, advisory, seed
@@ -123,7 +124,10 @@ async def test_a_statement_blocked_by_a_row_lock_is_dead_lettered_while_others_f
     assert dead.reason == "max_deliveries"
     assert int(dead.fields["dlq.deliveries"]) == 3
     assert b"statement timeout" in dead.fields["dlq.error"]
-    assert dead.fields["data"] == msgspec.json.encode(blocked)
+    # The entry as published: the event itself, with the traceparent publish stamped.
+    kept = decode_event(dead.fields)
+    assert kept.traceparent is not None
+    assert msgspec.structs.replace(kept, traceparent=None) == blocked
 
 
 async def _count(db: asyncpg.Pool, n: int) -> bool:
