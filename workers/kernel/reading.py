@@ -1,5 +1,10 @@
 """Reading: this consumer's own pending list first (id ``0``), then new entries (``>``).
 
+A read that fails on the connection may have been served with its reply lost: those
+entries sit in this consumer's pending list, where no other consumer takes them before
+the idle time. So after such a failure the reader goes over its own pending list again
+(skipping the entries it still holds) before reading new entries (docs/guarantees.md).
+
 Several reads are in flight at once (``FLEET_CONCURRENCY``) so the server is busy
 while the processors decode; read batches wait in a bounded queue
 (``FLEET_PREFETCH_BATCHES``), so memory does not grow with the backlog.
@@ -117,7 +122,11 @@ class Reader:
                         continue
                     last_own = entries[-1][0]
                     counts = await self.delivery_counts([e[0] for e in entries])
-                    await self.enqueue(Batch(entries, counts, "own-pending"), started, "XREADGROUP")
+                    # Held entries (re-read after a lost connection) are already in hand.
+                    entries = [e for e in entries if e[0] not in self._held]
+                    if entries:
+                        batch = Batch(entries, counts, "own-pending")
+                        await self.enqueue(batch, started, "XREADGROUP")
                     continue
                 entries = await self._reads.xreadgroup(
                     self._m.group, self._m.name, {self._m.stream: ">"},
@@ -130,6 +139,8 @@ class Reader:
                 if await self._stopping.sleep(backoff):
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+                # Replies lost with the connection: go over this consumer's pending list.
+                own_left, last_own = True, b"0"
                 continue
             except redis_exc.ResponseError as exc:
                 if "NOGROUP" in str(exc):
