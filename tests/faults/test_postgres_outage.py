@@ -1,9 +1,10 @@
 """A PostgreSQL outage in the middle of a run: worker processes wait it out, keep their
 claims, and resume; nothing is dead-lettered, lost or applied twice.
 
-The outage lasts ``FLEET_OUTAGE_SECONDS`` (30 by default), longer than the reclaim idle
-time, the retry budget and several delivery limits put together: a consumer that gave
-entries up, or let their claims lapse, would show up as dead letters or reclaims."""
+The outage lasts ``FLEET_OUTAGE_SECONDS`` (12 by default; ``make chaos`` runs 60), six
+times the reclaim idle time of 2 s and longer than the retry budget and several delivery
+limits put together: a consumer that gave entries up, or let their claims lapse, would
+show up as dead letters or reclaims."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.helpers import fleet_process, migrated_database, poll, process_log, s
 from workers import streams
 from workers.publishing import publish
 
-OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "30"))
+OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "12"))
 STREAM = "notify:delivery"
 GROUP = "notify-workers"
 
