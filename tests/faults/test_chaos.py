@@ -39,6 +39,9 @@ EVENTS = int(os.environ.get("FLEET_CHAOS_EVENTS", "6000"))
 SECONDS = float(os.environ.get("FLEET_CHAOS_SECONDS", "12"))
 PER_GROUP = 3
 POISON_PER_STREAM = 3
+# What the test's own client sees while Valkey restarts: a refused or reset connection,
+# or a reply that never comes (a timeout).
+_RESTARTING = (ConnectionError, OSError, aioredis.ConnectionError, aioredis.TimeoutError)
 
 
 @dataclass
@@ -115,7 +118,7 @@ async def _consumed(client: aioredis.Redis, parts: list[Part]) -> bool:
     for p in parts:
         try:
             found = await streams.group_statuses(client, p.stream)
-        except (ConnectionError, OSError, aioredis.ConnectionError):
+        except _RESTARTING:
             return False  # the test's own connection saw the Valkey restart
         statuses = {s.group: s for s in found}
         st = statuses.get(p.group)
@@ -182,7 +185,7 @@ async def test_chaos_nothing_lost_nothing_twice(chaos_dir: Path) -> None:
                         for stream, fields in entries[sent : sent + chunk]:
                             pipe.xadd(stream, fields)  # type: ignore[arg-type]  # str keys are valid
                         await pipe.execute()
-                except (ConnectionError, OSError, aioredis.ConnectionError):
+                except _RESTARTING:
                     # Valkey is being restarted: the chunk is retried whole. XADD is not
                     # idempotent, so only chunks whose reply never came are resent, and
                     # a chunk that did land twice shows up as duplicates, not as loss.
@@ -288,7 +291,7 @@ async def _landed(client: aioredis.Redis, chunk: list[tuple[str, dict[str, bytes
     stream, fields = chunk[-1]
     try:
         tail = await client.xrevrange(stream, count=len(chunk) * 4)
-    except (ConnectionError, OSError, aioredis.ConnectionError):
+    except _RESTARTING:
         return False
     return any(f.get(b"data") == fields["data"] for _, f in tail)
 
