@@ -3,6 +3,7 @@ checked with the public key, and ``verify`` catching a changed file or signature
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -14,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
 from devkit.embedded import start_s3
-from tests.helpers import fleet_cli, metric, poll, running
+from tests.helpers import apply_directly, fleet_cli, metric, poll, running
 from workers import s3 as s3io
 from workers import signing
 from workers.export import ExportWorker
 from workers.kernel.worker import Resources
+from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.s3 import open_s3
 from workers.vex_consensus import service
@@ -244,7 +247,7 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
             await publish(real_redis, "export:requests", [vex, scans, snaps, bad])
 
             async def announced() -> bool:
-                return int(await real_redis.xlen("export:events")) == 4
+                return int(await real_redis.xlen("export:events")) >= 4
 
             await poll(announced, what="four outcomes on export:events")
 
@@ -252,7 +255,9 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
         for _, fields in await real_redis.xrange("export:events"):
             event = decode_event(fields)
             assert isinstance(event, ExportCompleted | ExportFailed)
+            assert event.export_id not in outcomes, f"{event.export_id} announced twice"
             outcomes[event.export_id] = event
+        assert set(outcomes) == {vex.event_id, scans.event_id, snaps.event_id, bad.event_id}
         failed = outcomes[bad.event_id]
         assert isinstance(failed, ExportFailed) and failed.reason == "invalid_request"
         assert "yaml" in failed.error
@@ -292,3 +297,30 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
     assert all(j["published_at"] is not None for j in jobs)
     assert metric("fleet_export_manifest_publish_total", result="ok") == before + 3
     assert metric("fleet_export_job_duration_seconds_count", profile="vex") >= 2
+
+
+async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition(
+    real_redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    # after_commit, the background task and other replicas all publish unpublished
+    # outcomes: each must reach export:events once, on the partition of its tenant.
+    settings = settings_for(stream_partitions=2)
+    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
+    requests = [
+        msgspec.structs.replace(_request("vex", format="yaml"), tenant_id=uuid.uuid4())
+        for _ in range(40)
+    ]
+    await apply_directly(worker, db, requests)
+    published = await asyncio.gather(*(worker._publish_pending() for _ in range(4)))
+    assert sum(published) == 40
+    seen: list[uuid.UUID] = []
+    for key in stream_keys("export:events", 2):
+        for _, fields in await real_redis.xrange(key):
+            event = decode_event(fields)
+            assert isinstance(event, ExportFailed)
+            assert key == key_for("export:events", str(event.tenant_id), 2)
+            seen.append(event.export_id)
+    assert sorted(seen) == sorted(r.event_id for r in requests)
+    assert await real_redis.xlen("export:events") == 0
+    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
+    assert unpublished == 0
