@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
 from devkit.embedded import start_s3
-from tests.helpers import apply_directly, fleet_cli, metric, poll, running
+from tests.helpers import apply_directly, fleet_cli, fleet_in_process, metric, poll, running
 from workers import s3 as s3io
 from workers import signing
 from workers.export import ExportWorker
@@ -114,18 +114,30 @@ async def test_two_vex_exports_of_the_same_state_are_byte_identical_and_verifiab
     env = _env(database_url, valkey_url)
     outputs = []
     for name in ("first", "second"):
-        manifest = tmp_path / name / "manifest.json"
-        result = fleet_cli(
-            env, "vex", "export", "--format", "json", "--manifest", str(manifest),
-            "--key", str(key_file),
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr.decode()
-        outputs.append(manifest.parent)
+        for fmt in ("json", "openvex"):
+            manifest = tmp_path / name / fmt / "manifest.json"
+            result = fleet_cli(
+                env, "vex", "export", "--format", fmt, "--manifest", str(manifest),
+                "--key", str(key_file),
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr.decode()
+        outputs.append(tmp_path / name)
+        # The same state, stored in another physical order: an update that changes
+        # nothing moves the first pair's row to the end of the table.
+        await db.execute(
+            "UPDATE vex.consensus SET resolved_status = resolved_status "
+            "WHERE component_purl = 'pkg:npm/left-pad@1.3.0'"
+        )
     first, second = outputs
     names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
-    assert names == ["manifest.dsse.json", "manifest.json", "vex/consensus.json"]
+    assert names == [
+        "json/manifest.dsse.json", "json/manifest.json", "json/vex/consensus.json",
+        "openvex/manifest.dsse.json", "openvex/manifest.json",
+        "openvex/vex/consensus.openvex.json",
+    ]  # fmt: skip
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    first = first / "json"
 
     # The manifest's hashes, checked here with hashlib.
     body = (first / "manifest.json").read_bytes()
@@ -189,6 +201,67 @@ async def test_verify_catches_a_changed_file_and_a_changed_signature(
     forged = fleet_cli(env, "vex", "verify", "--manifest", str(manifest), "--key", str(public))
     assert forged.returncode == 1
     assert "bad_signature" in forged.stderr.decode(), forged.stderr.decode()
+
+
+async def test_export_bundle_and_verify_catch_a_rewritten_manifest_a_missing_file_and_a_stranger(
+    db: asyncpg.Pool,
+    database_url: str,
+    valkey_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _env(database_url, valkey_url)
+    key = tmp_path / "keys" / "export.pem"
+    made = fleet_cli(env, "export", "keygen", str(key))
+    assert made.returncode == 0, made.stderr.decode()
+    assert key.stat().st_mode & 0o777 == 0o600
+    public = key.with_name(key.name + ".pub")
+    assert b"PRIVATE" not in public.read_bytes()
+    manifest = tmp_path / "out" / "manifest.json"
+    built = fleet_cli(
+        env, "export", "bundle", "--profile", "snapshots", "--manifest", str(manifest),
+        "--key", str(key),
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr.decode()
+    listed = [f["path"] for f in json.loads(manifest.read_bytes())["files"]]
+    assert listed == ["snapshots/active.json", "snapshots/audit.json"]
+
+    def verify(with_key: Path = public) -> tuple[int, str, str]:
+        return fleet_in_process(
+            capsys, monkeypatch, "export", "verify", "--manifest", str(manifest),
+            "--key", str(with_key),
+        )  # fmt: skip
+
+    code, out, _ = verify()
+    assert code == 0 and "signature ok" in out and "2 file(s)" in out, out
+
+    # A file changed and the manifest rewritten to match it: the hashes agree, the
+    # signature over the manifest does not.
+    audit = manifest.parent / "snapshots" / "audit.json"
+    original_audit, original_manifest = audit.read_bytes(), manifest.read_bytes()
+    forged = b'{"audit": []}\n'
+    audit.write_bytes(forged)
+    body = json.loads(original_manifest)
+    for entry in body["files"]:
+        if entry["path"] == "snapshots/audit.json":
+            entry["sha256"], entry["size"] = hashlib.sha256(forged).hexdigest(), len(forged)
+    manifest.write_bytes(signing.manifest_bytes(body))
+    code, _, err = verify()
+    assert code == 1 and "bad_signature" in err and len(err.splitlines()) == 1, err
+    audit.write_bytes(original_audit)
+    manifest.write_bytes(original_manifest)
+
+    # A listed file missing.
+    (manifest.parent / "snapshots" / "active.json").unlink()
+    code, _, err = verify()
+    assert code == 1 and "snapshots/active.json" in err and "missing" in err, err
+
+    # Checked with a key that did not sign it.
+    stranger = tmp_path / "stranger.pub"
+    stranger.write_bytes(signing.public_pem(signing.generate_key().public_key()))
+    code, _, err = verify(stranger)
+    assert code == 1 and "unknown_key" in err, err
 
 
 def test_export_without_a_key_is_one_line_error(tmp_path: Path) -> None:

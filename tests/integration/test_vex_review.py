@@ -5,7 +5,6 @@ to the next recompute; bad arguments are one ``error:`` line and a usage exit co
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,8 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import fleet_cli
-from workers.cli import main
+from tests.helpers import fleet_cli, fleet_in_process
 from workers.errors import ExitCode
 from workers.vex_consensus import service
 from workers.vex_consensus.consensus import IssuerTrust
@@ -62,15 +60,6 @@ async def status_of(db: asyncpg.Pool, purl: str) -> str:
         CVE,
     )
     return status
-
-
-def in_process(capsys: pytest.CaptureFixture[str], monkeypatch: Any, *args: str) -> Any:
-    """``fleet ARGS`` through the real entry point, for arguments refused before any
-    server is contacted (no subprocess needed); (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["fleet", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err.strip()
 
 
 def one_line(text: str) -> str:
@@ -217,6 +206,6 @@ async def test_conflicts_are_listed_resolved_with_who_and_why_and_decide_the_nex
         (("resolve", right_id, "--by", "a", "--why", "b", "--status", "nope"), "--status"),
         (("list", "--limit", "0"), "--limit"),
     ):
-        code, stderr = in_process(capsys, monkeypatch, "vex", "conflicts", *args)
+        code, _, stderr = fleet_in_process(capsys, monkeypatch, "vex", "conflicts", *args)
         assert code == ExitCode.USAGE, (args, stderr)
         assert expected in one_line(stderr), (args, stderr)
