@@ -62,6 +62,14 @@ async def status_of(db: asyncpg.Pool, purl: str) -> str:
     return status
 
 
+async def open_conflicts(db: asyncpg.Pool) -> list[str]:
+    rows = await db.fetch(
+        "SELECT component_purl FROM vex.consensus_conflicts WHERE resolved_at IS NULL "
+        "ORDER BY component_purl"
+    )
+    return [r["component_purl"] for r in rows]
+
+
 def one_line(text: str) -> str:
     assert len(text.splitlines()) == 1 and text.startswith("error:"), text
     return text
@@ -163,6 +171,12 @@ async def test_conflicts_are_listed_resolved_with_who_and_why_and_decide_the_nex
     assert history[left_id]["decided_status"] == "affected"
     assert history[right_id]["resolution_note"] == "waiting for the vendor's fix"
 
+    # A closure holds while the pair's result is unchanged: the worker recomputing both
+    # pairs for an advisory reopens nothing.
+    async with db.acquire() as conn, conn.transaction():
+        await service.recompute(conn, [(LEFT, CVE), (RIGHT, CVE)], reason="advisory_drift")
+    assert await open_conflicts(db) == []
+
     # The next recompute: the vendor repeats not_affected about both pairs, later. The
     # statements about the two pairs are alike; only the decision tells them apart.
     later = datetime(2025, 6, 1, tzinfo=UTC)
@@ -173,6 +187,9 @@ async def test_conflicts_are_listed_resolved_with_who_and_why_and_decide_the_nex
     )
     assert await status_of(db, LEFT) == "affected"
     assert await status_of(db, RIGHT) == "not_affected"
+    # The decided pair has no conflict left; the other's result changed (a new
+    # contributing statement), so its disagreement is queued again for review.
+    assert await open_conflicts(db) == [RIGHT]
     contributing = await db.fetchval(
         "SELECT array_agg(r.issuer_id) FROM vex.consensus c "
         "JOIN vex.vex_raw r ON r.raw_id = ANY(c.contributing_vex_ids) "
