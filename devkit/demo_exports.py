@@ -14,7 +14,7 @@ import base64
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -53,13 +53,14 @@ def export_key(state_dir: Path) -> Path:
 
 def attestation(key: Ed25519PrivateKey, components: int) -> bytes:
     """An OpenVEX document about three demo components as an in-toto statement in a DSSE
-    envelope, as ``vexctl attest`` writes it."""
-    at = workload.BASE_TIME - timedelta(days=1)
+    envelope, as ``vexctl attest`` writes it. Dated now, so a demo run again on the same
+    state stores its statements anew, under this run's key."""
+    at = datetime.now(UTC).replace(microsecond=0)
     vulnerability = workload.VEX_VULNERABILITIES[0]
     purls = workload.vex_components(components)[:3]
     document = {
         "@context": "https://openvex.dev/ns/v0.2.0",
-        "@id": "https://signed-vendor.example/vex/demo-0001",
+        "@id": f"https://signed-vendor.example/vex/demo-{at:%Y%m%dT%H%M%S}",
         "author": SIGNED_ISSUER,
         "timestamp": at.isoformat(),
         "version": 1,
