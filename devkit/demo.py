@@ -14,7 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from contracts.base import Event
-from devkit import workload
+from devkit import demo_exports, workload
 from devkit.embedded import embedded_stack
 from workers import streams
 from workers.app import Fleet, available_workers, migration_steps
@@ -49,7 +49,7 @@ def run_demo(state_dir: Path, *, scale: float, console: Console) -> None:
         console.print(
             f"  valkey {stack.valkey_url}  postgres (unix socket)  s3 {stack.s3_endpoint_url}"
         )
-        env = stack.env()
+        env = {**stack.env(), "FLEET_EXPORT_KEY_FILE": str(demo_exports.export_key(state_dir))}
         import os
 
         os.environ.update(env)
@@ -98,8 +98,12 @@ async def _run_fleet(
                 n_notify,
             ),
         ]
+        signed_counted: float | None = None
         if "vex-consensus" in fleet.names:
             parts.append(await _vex_part(pool, client, scale, console))
+            signed_counted = await demo_exports.signed_vex(
+                pool, client, max(20, int(200 * scale)), console
+            )
         if "scan-metrics" in fleet.names:
             parts.append(_scan_part(scale))
         total = sum(n for _, _, n in parts)
@@ -121,6 +125,10 @@ async def _run_fleet(
         await _summary(pool, client, groups, console)
         if "vex-consensus" in fleet.names:
             await _vex_summary(pool, client, console)
+        if signed_counted is not None:
+            await demo_exports.await_counted(signed_counted, console)
+        if "export" in fleet.names:
+            await demo_exports.export_vex(settings, pool, client, console)
         if "scan-metrics" in fleet.names:
             await _scan_summary(pool, console)
         for service in fleet.services:

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from devkit import workload
+from devkit import demo_exports, workload
 from devkit.demo import _vex_part
 from devkit.embedded import embedded_stack, free_port
 from workers.app import Fleet, available_workers, migration_steps
@@ -43,7 +43,7 @@ def run_serve(
 ) -> None:
     console.print(f"[bold]streamfleet demo --serve[/] — embedded stack under {state_dir}")
     with embedded_stack(state_dir, shield=True) as stack:
-        env = stack.env()
+        env = {**stack.env(), "FLEET_EXPORT_KEY_FILE": str(demo_exports.export_key(state_dir))}
         os.environ.update(env)
         settings = load_settings(
             env, http_port=port, block_ms=200, maintenance_interval_seconds=2.0

@@ -180,3 +180,20 @@ def fleet_cli(env: dict[str, str], *args: str, stdin: bytes | None = None, timeo
         timeout=timeout,
         check=False,
     )
+
+
+def fleet_in_process(capsys: Any, monkeypatch: Any, *args: str) -> tuple[int, str, str]:
+    """``fleet ARGS`` through the real entry point in this process: (exit code, stdout,
+    stderr). For commands that run no event loop of their own (argument errors, local
+    files), where a subprocess would only add its start-up time."""
+    from workers.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fleet", *args])
+    try:
+        main()
+    except SystemExit as exited:
+        code = exited.code
+    else:  # main always exits
+        raise AssertionError("fleet returned without exiting")
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err.strip()

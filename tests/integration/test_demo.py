@@ -36,6 +36,25 @@ def test_demo_reaches_its_summary_and_stops_its_servers() -> None:
             assert table in out, out
         assert "TTE p50" in out
         assert "'ok': True" in out  # the audit chain verifies
+        # A signed OpenVEX import verified against the key registered for its issuer,
+        # a tampered copy refused and counted once by the running worker.
+        assert re.search(r"signed vex: ed25519 key [0-9a-f]{16}… registered for", out), out
+        assert "attestation verified and accepted, 3 statement(s) stored with key id" in out
+        assert "tampered copy refused (bad_signature)" in out
+        assert 'fleet_vex_dsse_verification_failures_total{reason="bad_signature"} +1 ' in out
+        # An export by the export worker, stored in S3 and verified with the public key.
+        made = re.search(
+            r"export: vex bundle \(OpenVEX\) by the export worker .*s3://\S+/manifest\.json, "
+            r"1 file\(s\), (\d+) bytes, manifest signed by key",
+            out,
+        )
+        assert made and int(made.group(1)) > 0, out
+        verified = re.search(
+            r"export: verified from S3: DSSE signature ok \(key [0-9a-f]{16}…\), "
+            r"1 file hash\(es\) ok; [1-9]\d* OpenVEX statement\(s\)",
+            out,
+        )
+        assert verified, out
         assert "servers stopped" in out
         assert "Traceback" not in result.stderr.decode()
 

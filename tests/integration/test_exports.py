@@ -3,6 +3,7 @@ checked with the public key, and ``verify`` catching a changed file or signature
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -14,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
 from devkit.embedded import start_s3
-from tests.helpers import fleet_cli, metric, poll, running
+from tests.helpers import apply_directly, fleet_cli, fleet_in_process, metric, poll, running
 from workers import s3 as s3io
 from workers import signing
 from workers.export import ExportWorker
 from workers.kernel.worker import Resources
+from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.s3 import open_s3
 from workers.vex_consensus import service
@@ -111,18 +114,30 @@ async def test_two_vex_exports_of_the_same_state_are_byte_identical_and_verifiab
     env = _env(database_url, valkey_url)
     outputs = []
     for name in ("first", "second"):
-        manifest = tmp_path / name / "manifest.json"
-        result = fleet_cli(
-            env, "vex", "export", "--format", "json", "--manifest", str(manifest),
-            "--key", str(key_file),
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr.decode()
-        outputs.append(manifest.parent)
+        for fmt in ("json", "openvex"):
+            manifest = tmp_path / name / fmt / "manifest.json"
+            result = fleet_cli(
+                env, "vex", "export", "--format", fmt, "--manifest", str(manifest),
+                "--key", str(key_file),
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr.decode()
+        outputs.append(tmp_path / name)
+        # The same state, stored in another physical order: an update that changes
+        # nothing moves the first pair's row to the end of the table.
+        await db.execute(
+            "UPDATE vex.consensus SET resolved_status = resolved_status "
+            "WHERE component_purl = 'pkg:npm/left-pad@1.3.0'"
+        )
     first, second = outputs
     names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
-    assert names == ["manifest.dsse.json", "manifest.json", "vex/consensus.json"]
+    assert names == [
+        "json/manifest.dsse.json", "json/manifest.json", "json/vex/consensus.json",
+        "openvex/manifest.dsse.json", "openvex/manifest.json",
+        "openvex/vex/consensus.openvex.json",
+    ]  # fmt: skip
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    first = first / "json"
 
     # The manifest's hashes, checked here with hashlib.
     body = (first / "manifest.json").read_bytes()
@@ -188,6 +203,67 @@ async def test_verify_catches_a_changed_file_and_a_changed_signature(
     assert "bad_signature" in forged.stderr.decode(), forged.stderr.decode()
 
 
+async def test_export_bundle_and_verify_catch_a_rewritten_manifest_a_missing_file_and_a_stranger(
+    db: asyncpg.Pool,
+    database_url: str,
+    valkey_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _env(database_url, valkey_url)
+    key = tmp_path / "keys" / "export.pem"
+    made = fleet_cli(env, "export", "keygen", str(key))
+    assert made.returncode == 0, made.stderr.decode()
+    assert key.stat().st_mode & 0o777 == 0o600
+    public = key.with_name(key.name + ".pub")
+    assert b"PRIVATE" not in public.read_bytes()
+    manifest = tmp_path / "out" / "manifest.json"
+    built = fleet_cli(
+        env, "export", "bundle", "--profile", "snapshots", "--manifest", str(manifest),
+        "--key", str(key),
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr.decode()
+    listed = [f["path"] for f in json.loads(manifest.read_bytes())["files"]]
+    assert listed == ["snapshots/active.json", "snapshots/audit.json"]
+
+    def verify(with_key: Path = public) -> tuple[int, str, str]:
+        return fleet_in_process(
+            capsys, monkeypatch, "export", "verify", "--manifest", str(manifest),
+            "--key", str(with_key),
+        )  # fmt: skip
+
+    code, out, _ = verify()
+    assert code == 0 and "signature ok" in out and "2 file(s)" in out, out
+
+    # A file changed and the manifest rewritten to match it: the hashes agree, the
+    # signature over the manifest does not.
+    audit = manifest.parent / "snapshots" / "audit.json"
+    original_audit, original_manifest = audit.read_bytes(), manifest.read_bytes()
+    forged = b'{"audit": []}\n'
+    audit.write_bytes(forged)
+    body = json.loads(original_manifest)
+    for entry in body["files"]:
+        if entry["path"] == "snapshots/audit.json":
+            entry["sha256"], entry["size"] = hashlib.sha256(forged).hexdigest(), len(forged)
+    manifest.write_bytes(signing.manifest_bytes(body))
+    code, _, err = verify()
+    assert code == 1 and "bad_signature" in err and len(err.splitlines()) == 1, err
+    audit.write_bytes(original_audit)
+    manifest.write_bytes(original_manifest)
+
+    # A listed file missing.
+    (manifest.parent / "snapshots" / "active.json").unlink()
+    code, _, err = verify()
+    assert code == 1 and "snapshots/active.json" in err and "missing" in err, err
+
+    # Checked with a key that did not sign it.
+    stranger = tmp_path / "stranger.pub"
+    stranger.write_bytes(signing.public_pem(signing.generate_key().public_key()))
+    code, _, err = verify(stranger)
+    assert code == 1 and "unknown_key" in err, err
+
+
 def test_export_without_a_key_is_one_line_error(tmp_path: Path) -> None:
     result = fleet_cli(
         {"FLEET_EXPORT_KEY_FILE": ""},
@@ -244,7 +320,7 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
             await publish(real_redis, "export:requests", [vex, scans, snaps, bad])
 
             async def announced() -> bool:
-                return int(await real_redis.xlen("export:events")) == 4
+                return int(await real_redis.xlen("export:events")) >= 4
 
             await poll(announced, what="four outcomes on export:events")
 
@@ -252,7 +328,9 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
         for _, fields in await real_redis.xrange("export:events"):
             event = decode_event(fields)
             assert isinstance(event, ExportCompleted | ExportFailed)
+            assert event.export_id not in outcomes, f"{event.export_id} announced twice"
             outcomes[event.export_id] = event
+        assert set(outcomes) == {vex.event_id, scans.event_id, snaps.event_id, bad.event_id}
         failed = outcomes[bad.event_id]
         assert isinstance(failed, ExportFailed) and failed.reason == "invalid_request"
         assert "yaml" in failed.error
@@ -292,3 +370,30 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
     assert all(j["published_at"] is not None for j in jobs)
     assert metric("fleet_export_manifest_publish_total", result="ok") == before + 3
     assert metric("fleet_export_job_duration_seconds_count", profile="vex") >= 2
+
+
+async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition(
+    real_redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    # after_commit, the background task and other replicas all publish unpublished
+    # outcomes: each must reach export:events once, on the partition of its tenant.
+    settings = settings_for(stream_partitions=2)
+    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
+    requests = [
+        msgspec.structs.replace(_request("vex", format="yaml"), tenant_id=uuid.uuid4())
+        for _ in range(40)
+    ]
+    await apply_directly(worker, db, requests)
+    published = await asyncio.gather(*(worker._publish_pending() for _ in range(4)))
+    assert sum(published) == 40
+    seen: list[uuid.UUID] = []
+    for key in stream_keys("export:events", 2):
+        for _, fields in await real_redis.xrange(key):
+            event = decode_event(fields)
+            assert isinstance(event, ExportFailed)
+            assert key == key_for("export:events", str(event.tenant_id), 2)
+            seen.append(event.export_id)
+    assert sorted(seen) == sorted(r.event_id for r in requests)
+    assert await real_redis.xlen("export:events") == 0
+    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
+    assert unpublished == 0

@@ -243,18 +243,30 @@ class ExportWorker(Worker[ExportRequested, list[Done]]):
         return 0
 
     async def _publish_pending(self) -> int:
+        """Publish the outcomes of jobs not yet published; returns how many.
+
+        The rows are claimed ``FOR UPDATE SKIP LOCKED`` in one transaction that marks
+        them published after the ``XADD``: ``after_commit``, the background task and
+        other replicas never publish the same outcome at once (a crash between the
+        ``XADD`` and the commit publishes it again, with the same event id)."""
         pool = self.resources.pool
         assert pool is not None
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     "SELECT export_id, status, outcome::text AS outcome FROM export.jobs "
-                    "WHERE published_at IS NULL ORDER BY finished_at LIMIT 500"
+                    "WHERE published_at IS NULL ORDER BY finished_at LIMIT 500 "
+                    "FOR UPDATE SKIP LOCKED"
                 )
                 if not rows:
                     return 0
                 events = [_decode_outcome(r["status"], r["outcome"]) for r in rows]
-                await publish(self.resources.redis, EVENTS_STREAM, events)
+                await publish(
+                    self.resources.redis,
+                    EVENTS_STREAM,
+                    events,
+                    partitions=self.resources.settings.stream_partitions,
+                )
                 await conn.execute(
                     "UPDATE export.jobs SET published_at = now() WHERE export_id = ANY($1::uuid[])",
                     [r["export_id"] for r in rows],
