@@ -149,6 +149,9 @@ def test_partitions_status_and_retire_a_drained_key(nodes: EmbeddedCluster, valk
     valkey.xack(old, GROUP, entries[0][0])
     rows = json.loads(fleet(env, "partitions", "status", "--stream", STREAM, "--json").output)
     assert [r["key"] for r in rows if r["role"] == "draining"] == [old]
+    # Each key's row names the primary serving it (spreading partitions, docs/scaling.md).
+    ports = {str(n.port) for n in nodes.nodes}
+    assert all(r["node"].split(":")[1] in ports for r in rows), rows
     assert "retired" in fleet(env, "partitions", "retire", "--stream", STREAM).output
     assert int(valkey.exists(old)) == 0
 

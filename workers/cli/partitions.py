@@ -19,7 +19,7 @@ import redis.exceptions as redis_exc
 import typer
 from rich.table import Table
 
-from workers import streams
+from workers import cluster, streams
 from workers.cli.options import JsonOpt, StreamOpt, streams_for
 from workers.clients import clients
 from workers.errors import ExitCode
@@ -44,6 +44,7 @@ class KeyState:
     groups: int
     unfinished: int  # entries some group has not read, plus those read but not acknowledged
     dead_letters: int
+    node: str = "-"  # on a cluster, the primary serving the key's slot (host:port)
 
     @property
     def drained(self) -> bool:
@@ -65,6 +66,10 @@ async def key_state(client: Any, stream: str, key: str, role: str) -> KeyState:
     for st in statuses:
         # An unknown lag is counted (bounded) by group_statuses; None only if it cannot be.
         unfinished += st.pending + (length if st.lag is None else st.lag)
+    node = "-"
+    if cluster.is_cluster(client):
+        serving = client.get_node_from_key(key)
+        node = f"{serving.host}:{serving.port}"
     return KeyState(
         stream=stream,
         key=key,
@@ -73,6 +78,7 @@ async def key_state(client: Any, stream: str, key: str, role: str) -> KeyState:
         groups=len(statuses),
         unfinished=unfinished,
         dead_letters=int(await client.xlen(dlq_key(key))),
+        node=node,
     )
 
 
@@ -88,8 +94,9 @@ def _layout(cfg: Settings, stream: str | None) -> list[tuple[str, str, str]]:
 
 @app.command("status")
 def partitions_status(stream: StreamOpt = None, as_json: JsonOpt = False) -> None:
-    """Every key of each stream, current or draining, and what is left on it. Exit 1
-    while a draining key still holds unfinished entries or dead letters."""
+    """Every key of each stream, current or draining, the node serving it on a cluster,
+    and what is left on it. Exit 1 while a draining key still holds unfinished entries or
+    dead letters."""
     cfg = settings()
     layout = _layout(cfg, stream)
 
@@ -114,8 +121,8 @@ def partitions_status(stream: StreamOpt = None, as_json: JsonOpt = False) -> Non
         for st in states:
             drained = ("yes" if st.drained else "no") if st.role == "draining" else "-"
             table.add_row(
-                st.stream, st.key, st.role, str(st.length), str(st.groups), str(st.unfinished),
-                str(st.dead_letters), drained,
+                st.stream, st.key, st.role, st.node, str(st.length), str(st.groups),
+                str(st.unfinished), str(st.dead_letters), drained,
             )  # fmt: skip
         out.print(table)
     if any(st.role == "draining" and not st.drained for st in states):
@@ -197,4 +204,5 @@ def _as_dict(st: KeyState) -> dict[str, Any]:
         "groups": st.groups,
         "unfinished": st.unfinished,
         "dead_letters": st.dead_letters,
+        "node": st.node,
     }
