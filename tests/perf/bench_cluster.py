@@ -16,8 +16,9 @@ speed-up is expected, the ratio shows the cost of cluster mode). Events are spre
 over the partitions by event id, so each primary gets a third.
 
 The cluster runs without replicas and with one replica a primary (``--replicas 0 1``,
-the default: both). Every Valkey runs with the AOF on, no fsync and no automatic
-rewrite, as in tests/perf/harness.py.
+the default: both); with replicas, the single server gets one replica too, so the ratio
+shows cluster mode and not replication. Every Valkey runs with the AOF on, no fsync and
+no automatic rewrite, as in tests/perf/harness.py.
 
 It also measures Valkey's own CPU per event (``INFO cpu``, user + system, every node
 summed): publishing (``XADD`` pipelined by 1,000) and reading + acknowledging
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,8 @@ import redis
 
 from contracts import Event
 from devkit import workload
-from devkit.cluster import embedded_cluster
+from devkit.cluster import embedded_cluster, server_binary
+from devkit.embedded import free_port
 from tests.perf.harness import bench_settings, bench_stack, noop_worker
 from workers import cluster
 from workers.db import create_pool
@@ -77,6 +81,40 @@ def _cpu_seconds(urls: Sequence[str]) -> float:
             info = client.info("cpu")
         total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     return total
+
+
+@contextlib.contextmanager
+def replica_of(primary_url: str, folder: Path) -> Iterator[str]:
+    """A ``valkey-server`` replicating ``primary_url`` (AOF on, no fsync), linked: its URL."""
+    primary = redis.Redis.from_url(primary_url)
+    host = primary.connection_pool.connection_kwargs["host"]
+    port = primary.connection_pool.connection_kwargs["port"]
+    primary.close()
+    own = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(server_binary()), "--port", str(own), "--bind", "127.0.0.1", "--dir", str(folder),
+        "--replicaof", str(host), str(port), "--appendonly", "yes", "--appendfsync", "no",
+        "--save", "", "--logfile", "valkey.log",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{own}/0"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with redis.Redis.from_url(url) as client:
+                    if client.info("replication").get("master_link_status") == "up":
+                        break
+            except redis.ConnectionError:
+                pass  # still starting
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the replica did not link; see {folder / 'valkey.log'}")
+            time.sleep(0.05)  # the replica syncing
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def _quiet_persistence(urls: Sequence[str]) -> None:
@@ -216,14 +254,20 @@ def main(total: int, rounds: int, replica_counts: list[int], batch: int, concurr
     )
     with bench_stack() as (valkey_url, database_url):
         base = bench_settings(valkey_url, database_url, batch, concurrency)
-        single = Target("single", base, [valkey_url])
         tune_gc()
         for replicas in replica_counts:
             label = f"{replicas} replica(s) a primary"
-            with (
-                tempfile.TemporaryDirectory(prefix="streamfleet-bench-cluster-") as folder,
-                embedded_cluster(Path(folder), replicas=replicas) as nodes,
-            ):
+            with contextlib.ExitStack() as stack:
+                folder = Path(
+                    stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="streamfleet-bench-cluster-")
+                    )
+                )
+                urls = [valkey_url]
+                for n in range(replicas):
+                    urls.append(stack.enter_context(replica_of(valkey_url, folder / f"r{n}")))
+                single = Target("single", base, urls)
+                nodes = stack.enter_context(embedded_cluster(folder / "cluster", replicas=replicas))
                 _quiet_persistence(nodes.urls())
                 settings = msgspec.structs.replace(
                     base, valkey_url=nodes.url, stream_partitions=PARTITIONS
