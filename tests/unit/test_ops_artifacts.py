@@ -763,7 +763,10 @@ def test_keda_scales_each_stream_worker_on_its_group(worker: str) -> None:
     # The lag the workers count when Valkey cannot report it (after XDEL/XTRIM).
     assert counted["type"] == "prometheus"
     query = counted["metadata"]["query"]
-    assert query == f'max(fleet_group_lag{{stream="{stream}",group="{group}"}})'
+    # Every key of the stream in either layout (S, or {S:0} … with partitions), each
+    # key's lag once whatever the number of replicas exporting it, summed.
+    keys = f"{stream}|[{{]{stream}:[0-9]+[}}]"
+    assert query == f'sum(max by (stream) (fleet_group_lag{{stream=~"{keys}",group="{group}"}}))'
     assert counted["metadata"]["threshold"] == trigger["metadata"]["lagCount"]
     metadata = trigger["metadata"]
     assert metadata["stream"] == stream
