@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/perf/bench_scan_metrics.py
 	$(BIN)/python tests/perf/bench_vex.py
 	$(BIN)/python tests/perf/bench_exports.py
+	$(BIN)/python tests/perf/bench_cluster.py
 
 chaos: $(STAMP)
 	FLEET_CHAOS_EVENTS=100000 FLEET_CHAOS_SECONDS=240 $(BIN)/python -m pytest tests/faults/test_chaos.py -s -p no:cacheprovider -o timeout=900

@@ -59,6 +59,13 @@ def check_partitions(settings: Settings) -> None:
             "and its dead letters share a hash slot",
             ExitCode.CONFIG,
         )
+    if settings.stream_partitions_previous == 1:
+        raise ConfigError(
+            f"Valkey at {redact_url(settings.valkey_url)} is a cluster: "
+            "FLEET_STREAM_PARTITIONS_PREVIOUS=1 names unpartitioned keys, which a cluster "
+            "cannot hold with their dead letters (docs/scaling.md)",
+            ExitCode.CONFIG,
+        )
 
 
 def _cluster_client(settings: Settings, probe: aioredis.Redis) -> RedisCluster:

@@ -12,6 +12,9 @@ Pure functions, no I/O (``docs/scaling.md``):
   ``System.IO.Hashing.Crc32``, Go ``hash/crc32.ChecksumIEEE``), as an unsigned 32-bit
   number. The partition key is the event's ``tenantId`` (its canonical lower-case
   UUID text) unless the producer says otherwise, so one tenant's events stay in order.
+- While ``P`` changes (``FLEET_STREAM_PARTITIONS_PREVIOUS``, ``docs/scaling.md``), the
+  keys of the previous layout that the new one lacks are *draining*: consumers read
+  them too until ``fleet partitions retire`` removes them, emptied.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ def stream_keys(stream: str, partitions: int) -> list[str]:
     if partitions == 1:
         return [stream]
     return [partition_key(stream, k) for k in range(partitions)]
+
+
+def draining_keys(stream: str, partitions: int, previous: int | None) -> list[str]:
+    """The keys of the ``previous`` layout that the ``partitions`` layout lacks: ``[S]``
+    when raising P from 1, ``{S:P}`` … when lowering it, none when raising from P > 1."""
+    if previous is None or previous == partitions:
+        return []
+    current = set(stream_keys(stream, partitions))
+    return [key for key in stream_keys(stream, previous) if key not in current]
+
+
+def consumed_keys(stream: str, partitions: int, previous: int | None = None) -> list[str]:
+    """Every key consumers read: the current layout's, then the draining ones."""
+    return stream_keys(stream, partitions) + draining_keys(stream, partitions, previous)
 
 
 def partition_key(stream: str, index: int) -> str:

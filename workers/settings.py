@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     valkey_cluster: bool | None = None
     # Keys per stream ({S:0} … {S:P-1}); 1 keeps the one key S (docs/scaling.md).
     stream_partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    # While P changes: the previous P, whose keys the new layout lacks are still read
+    # until `fleet partitions retire` removes them (docs/scaling.md).
+    stream_partitions_previous: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
 
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080

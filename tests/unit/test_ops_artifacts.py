@@ -112,34 +112,50 @@ ALERTS = {
 # client libraries send on connect, and MULTI/EXEC, which wrap the XADD to the
 # dead-letter stream and the XACK of the original into one transaction.
 CONNECTION_COMMANDS = {"ping", "hello", "auth", "client|setname", "client|setinfo"}
-WORKER_COMMANDS = CONNECTION_COMMANDS | {
-    "info",
-    "multi",
-    "exec",
-    "xreadgroup",
-    "xack",
-    "xautoclaim",
-    "xclaim",
-    "xpending",
-    "xinfo|stream",
-    "xinfo|groups",
-    "xinfo|consumers",
-    "xgroup|create",
-    "xgroup|createconsumer",
-    "xgroup|delconsumer",
-    "xadd",
-    "xlen",
-    "xrange",
-    "xtrim",
-}
+# What a Valkey Cluster client sends besides (docs/scaling.md); not the probe's business.
+CLUSTER_COMMANDS = {"cluster|slots", "asking"}
+WORKER_COMMANDS = (
+    CONNECTION_COMMANDS
+    | CLUSTER_COMMANDS
+    | {
+        "info",
+        "multi",
+        "exec",
+        "xreadgroup",
+        "xack",
+        "xautoclaim",
+        "xclaim",
+        "xpending",
+        "xinfo|stream",
+        "xinfo|groups",
+        "xinfo|consumers",
+        "xgroup|create",
+        "xgroup|createconsumer",
+        "xgroup|delconsumer",
+        "xadd",
+        "xlen",
+        "xrange",
+        "xtrim",
+    }
+)
+
+
+def _both_layouts(consumed: list[str], published: tuple[str, ...] = ()) -> set[str]:
+    """The keys of streams in either layout: ``S``, ``S:dlq`` and ``{S:*}``, ``{S:*}:dlq``
+    for a consumed stream; ``S`` and ``{S:*}`` for one only published to (docs/scaling.md)."""
+    keys = {f"{s}{tail}" for s in consumed for tail in ("", ":dlq")}
+    keys |= {f"{{{s}:*}}{tail}" for s in consumed for tail in ("", ":dlq")}
+    return keys | set(published) | {f"{{{s}:*}}" for s in published}
+
+
 WORKER_KEYS = {
-    "scan-metrics": {"scanner:events", "scanner:events:dlq"},
-    "vex-consensus": {"concelier:drift", "concelier:drift:dlq", "vex:consensus"},
-    "notify-delivery": {"notify:delivery", "notify:delivery:dlq"},
+    "scan-metrics": _both_layouts(["scanner:events"]),
+    "vex-consensus": _both_layouts(["concelier:drift"], ("vex:consensus",)),
+    "notify-delivery": _both_layouts(["notify:delivery"]),
     "snapshot-retention": set(),
-    "export": {"export:requests", "export:requests:dlq", "export:events"},
+    "export": _both_layouts(["export:requests"], ("export:events",)),
 }
-KEDA_COMMANDS = CONNECTION_COMMANDS | {"xinfo|groups", "xpending", "xlen"}
+KEDA_COMMANDS = CONNECTION_COMMANDS | CLUSTER_COMMANDS | {"xinfo|groups", "xpending", "xlen"}
 NEVER_GRANTED = {"flushall", "flushdb", "keys", "config", "debug", "shutdown", "acl", "module"}
 
 
@@ -657,13 +673,15 @@ def test_acl_worker_is_limited_to_its_streams_and_commands(worker: str) -> None:
 
 def test_acl_keda_is_read_only_on_the_input_streams() -> None:
     rules = acl_users()["keda"]
-    assert acl_keys(rules) == {f"%R~{stream}" for stream, _ in STREAM_WORKERS.values()}
+    streams = [stream for stream, _ in STREAM_WORKERS.values()]
+    assert acl_keys(rules) == {f"%R~{s}" for s in streams} | {f"%R~{{{s}:*}}" for s in streams}
     assert acl_commands(rules) == KEDA_COMMANDS
 
 
 def test_acl_admin_sees_only_fleet_streams() -> None:
     rules = acl_users()["fleet-admin"]
-    assert acl_keys(rules) == {"scanner:*", "concelier:*", "notify:*", "vex:*", "export:*"}
+    prefixes = ("scanner:*", "concelier:*", "notify:*", "vex:*", "export:*")
+    assert acl_keys(rules) == {*prefixes, *(f"{{{p}" for p in prefixes)}
 
 
 def test_acl_command_simulation_follows_rule_order() -> None:
@@ -745,7 +763,10 @@ def test_keda_scales_each_stream_worker_on_its_group(worker: str) -> None:
     # The lag the workers count when Valkey cannot report it (after XDEL/XTRIM).
     assert counted["type"] == "prometheus"
     query = counted["metadata"]["query"]
-    assert query == f'max(fleet_group_lag{{stream="{stream}",group="{group}"}})'
+    # Every key of the stream in either layout (S, or {S:0} … with partitions), each
+    # key's lag once whatever the number of replicas exporting it, summed.
+    keys = f"{stream}|[{{]{stream}:[0-9]+[}}]"
+    assert query == f'sum(max by (stream) (fleet_group_lag{{stream=~"{keys}",group="{group}"}}))'
     assert counted["metadata"]["threshold"] == trigger["metadata"]["lagCount"]
     metadata = trigger["metadata"]
     assert metadata["stream"] == stream

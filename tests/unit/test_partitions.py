@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.partitions import (
+    consumed_keys,
     dlq_key,
+    draining_keys,
     key_for,
     logical_stream,
     partition_index,
@@ -54,3 +56,15 @@ def test_a_partition_key_always_lands_in_range_and_in_the_same_place(key: str, p
 def test_zero_partitions_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         stream_keys("s", 0)
+
+
+def test_draining_keys_are_the_previous_layouts_keys_the_new_one_lacks() -> None:
+    # Raising from 1: the unpartitioned key drains; from 2 to 3 nothing does.
+    assert draining_keys("s", 3, 1) == ["s"]
+    assert draining_keys("s", 3, 2) == []
+    assert draining_keys("s", 3, None) == draining_keys("s", 3, 3) == []
+    # Lowering: the partitions beyond the new count drain, and so do all when going to 1.
+    assert draining_keys("s", 2, 4) == ["{s:2}", "{s:3}"]
+    assert draining_keys("s", 1, 2) == ["{s:0}", "{s:1}"]
+    assert consumed_keys("s", 2, 1) == ["{s:0}", "{s:1}", "s"]
+    assert consumed_keys("s", 1) == ["s"]

@@ -1,7 +1,8 @@
 """The ``fleet`` command line: the composition root of the product.
 
 It imports every command group explicitly, the root's own (``run``, ``migrate``,
-``publish``, ``status``, ``top``, ``dlq``, ``consumers``, ``trim``, ``contracts``) and
+``publish``, ``status``, ``top``, ``dlq``, ``partitions``, ``consumers``, ``trim``,
+``contracts``) and
 the worker packages' (``tte``, ``vex``, ``snapshots``), and mounts them on one Typer
 app. Commands that live above the product (the dev kit's ``fleet demo``) are plugged in
 through the ``streamfleet.cli`` entry-point group, so nothing here imports upward
@@ -23,7 +24,7 @@ import typer
 # else.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from workers.cli import contracts, dlq, maintenance, publish, run, status, top
+from workers.cli import contracts, dlq, maintenance, partitions, publish, run, status, top
 from workers.errors import ConfigError, ExitCode
 from workers.export import cli as export_cli
 from workers.scan_metrics import cli as scan_metrics_cli
@@ -45,6 +46,7 @@ app = typer.Typer(
 for commands in (run.app, publish.app, status.app, top.app, maintenance.app):
     app.add_typer(commands)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(partitions.app, name="partitions")
 app.add_typer(contracts.app, name="contracts")
 app.command("tte")(scan_metrics_cli.tte)
 # `fleet vex export|verify` are the export package's, mounted beside the vex commands.

@@ -27,7 +27,9 @@ def dlq_list(
     or of --partition K)."""
     check_stream(stream)
     cfg = settings()
-    keys = keys_for(stream, cfg.stream_partitions, partition)
+    keys = keys_for(
+        stream, cfg.stream_partitions, partition, previous=cfg.stream_partitions_previous
+    )
 
     async def go() -> list[tuple[str, streams.DlqEntry]]:
         found: list[tuple[str, streams.DlqEntry]] = []
@@ -72,7 +74,9 @@ def dlq_replay(
     partition's onto that partition (MULTI within its hash slot)."""
     check_stream(stream)
     cfg = settings()
-    keys = keys_for(stream, cfg.stream_partitions, partition)
+    keys = keys_for(
+        stream, cfg.stream_partitions, partition, previous=cfg.stream_partitions_previous
+    )
     _ids_need_partition(ids, keys)
 
     async def go() -> int:
@@ -98,7 +102,9 @@ def dlq_purge(
     if not ids and not yes:
         raise fail("purging every dead letter needs --yes", ExitCode.USAGE)
     cfg = settings()
-    keys = keys_for(stream, cfg.stream_partitions, partition)
+    keys = keys_for(
+        stream, cfg.stream_partitions, partition, previous=cfg.stream_partitions_previous
+    )
     _ids_need_partition(ids, keys)
 
     async def go() -> int:

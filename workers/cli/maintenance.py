@@ -28,7 +28,7 @@ def consumers_prune(
     """Delete idle consumers. Their pending entries first move to the group's most recently
     active consumer (never pruned itself); a consumer still holding entries is never deleted."""
     cfg = settings()
-    names = keys_for(stream, cfg.stream_partitions)
+    names = keys_for(stream, cfg.stream_partitions, previous=cfg.stream_partitions_previous)
 
     async def go() -> list[tuple[str, str, streams.PruneResult]]:
         results = []
@@ -80,7 +80,7 @@ def trim(
 ) -> None:
     """Trim streams by retention, never past an entry some group has not acknowledged."""
     cfg = settings()
-    names = keys_for(stream, cfg.stream_partitions)
+    names = keys_for(stream, cfg.stream_partitions, previous=cfg.stream_partitions_previous)
     days = cfg.stream_retention_days if retention_days is None else retention_days
     cap = cfg.stream_max_len if max_len is None else max_len
 

@@ -8,7 +8,7 @@ import typer
 
 from contracts.registry import STREAMS, contract_for_stream
 from workers.errors import ExitCode
-from workers.partitions import stream_keys
+from workers.partitions import draining_keys, stream_keys
 from workers.shell import fail
 
 StreamOpt = Annotated[
@@ -33,9 +33,16 @@ PartitionOpt = Annotated[
 ]
 
 
-def keys_for(stream: str | None, partitions: int, partition: int | None = None) -> list[str]:
+def keys_for(
+    stream: str | None,
+    partitions: int,
+    partition: int | None = None,
+    *,
+    previous: int | None = None,
+) -> list[str]:
     """The Valkey keys of :func:`streams_for`: one per partition of each stream
-    (docs/scaling.md), or only partition ``partition``."""
+    (docs/scaling.md), or only partition ``partition``; with ``previous``
+    (``FLEET_STREAM_PARTITIONS_PREVIOUS``) and no ``partition``, the draining keys too."""
     if partition is not None and partition >= partitions:
         raise fail(
             f"--partition {partition}: FLEET_STREAM_PARTITIONS is {partitions} "
@@ -46,6 +53,8 @@ def keys_for(stream: str | None, partitions: int, partition: int | None = None) 
     for name in streams_for(stream):
         found = stream_keys(name, partitions)
         keys.extend(found if partition is None or partitions == 1 else [found[partition]])
+        if partition is None:
+            keys.extend(draining_keys(name, partitions, previous))
     return keys
 
 

@@ -4,6 +4,7 @@ with the one publish function (:func:`workers.publishing.publish`)."""
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -75,14 +76,17 @@ def parse_publish_lines(
     return entries, problems
 
 
-def partition_keys(events: list[Event], field: str) -> dict[int, str]:
-    """Each event's partition key: the text of its top-level wire field ``field``."""
-    keys: dict[int, str] = {}
+def partition_keys(events: list[Event], field: str) -> dict[uuid.UUID, str]:
+    """Each event's partition key by its ``eventId``: the text of its top-level wire field
+    ``field``. (Keyed by id, not by object: the publish function stamps a ``traceparent``
+    on a copy of each event.)"""
+    keys: dict[uuid.UUID, str] = {}
     for number, event in enumerate(events, start=1):
         value = msgspec.json.decode(encode_entry(event)["data"]).get(field)
         if value is None or isinstance(value, dict | list):
             raise fail(f"event {number}: no text field {field!r} to partition by", ExitCode.USAGE)
-        keys[id(event)] = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+        text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+        keys[event.event_id] = text
     return keys
 
 
@@ -132,7 +136,7 @@ def publish(
                     entries,
                     lambda n: progress.advance(task, n),
                     partitions=cfg.stream_partitions,
-                    partition_key=lambda event: keys[id(event)],
+                    partition_key=lambda event: keys[event.event_id],
                     replicas=replicas,
                     wait_timeout_ms=max(1, int(wait_timeout * 1000)),
                 )

@@ -8,6 +8,7 @@ from rich.table import Table
 from workers import streams
 from workers.cli.options import JsonOpt, StreamOpt, keys_for
 from workers.clients import clients
+from workers.partitions import logical_stream
 from workers.shell import echo_json, out, run_async, settings
 
 app = typer.Typer()
@@ -20,9 +21,10 @@ def status(
 ) -> None:
     """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ length.
 
-    With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S)."""
+    With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S);
+    with FLEET_STREAM_PARTITIONS_PREVIOUS, the draining keys' rows too, in the sum."""
     cfg = settings()
-    names = keys_for(stream, cfg.stream_partitions)
+    names = keys_for(stream, cfg.stream_partitions, previous=cfg.stream_partitions_previous)
 
     async def go() -> list[streams.GroupStatus]:
         rows: list[streams.GroupStatus] = []
@@ -38,7 +40,7 @@ def status(
         return rows
 
     rows = run_async(go)
-    if cfg.stream_partitions > 1:
+    if len({logical_stream(n) for n in names}) < len(names):
         rows += streams.summed(rows)
     if as_json:
         echo_json(rows)

@@ -179,7 +179,7 @@ def top(
 
     With FLEET_STREAM_PARTITIONS > 1, a row per partition key ({S:k}) and their sum (S)."""
     cfg = settings()
-    names = keys_for(stream, cfg.stream_partitions)
+    names = keys_for(stream, cfg.stream_partitions, previous=cfg.stream_partitions_previous)
 
     async def go() -> None:
         async with clients(cfg, need=("valkey",)) as opened:

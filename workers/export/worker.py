@@ -42,6 +42,7 @@ from workers.export.bundles import BundleError
 from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
+from workers.partitions import consumed_keys
 from workers.publishing import publish
 
 log = structlog.get_logger("workers.export")
@@ -236,11 +237,18 @@ class ExportWorker(Worker[ExportRequested, list[Done]]):
                 return
 
     async def _queue_depth(self) -> int:
-        """Entries of ``export:requests`` the group has not read, plus those pending."""
-        for status in await streams.group_statuses(self.resources.redis, self.stream):
-            if status.group == self.group:
-                return (status.lag or 0) + status.pending
-        return 0
+        """Entries of ``export:requests`` the group has not read, plus those pending, over
+        every key the workers read (its partitions, docs/scaling.md)."""
+        settings = self.resources.settings
+        depth = 0
+        keys = consumed_keys(
+            self.stream, settings.stream_partitions, settings.stream_partitions_previous
+        )
+        for key in keys:
+            for status in await streams.group_statuses(self.resources.redis, key):
+                if status.group == self.group:
+                    depth += (status.lag or 0) + status.pending
+        return depth
 
     async def _publish_pending(self) -> int:
         """Publish the outcomes of jobs not yet published; returns how many.

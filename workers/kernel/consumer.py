@@ -29,7 +29,7 @@ from workers.kernel.reading import Reader
 from workers.kernel.settle import Settler
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Worker
-from workers.partitions import stream_keys
+from workers.partitions import consumed_keys
 
 log = structlog.get_logger("workers.kernel")
 
@@ -187,10 +187,13 @@ class StreamConsumer:
 def partition_consumers(
     worker: Worker[Any, Any], consumer: str, inbox: Inbox
 ) -> list[StreamConsumer]:
-    """One consumer per key of the worker's stream (``FLEET_STREAM_PARTITIONS``, see
-    docs/scaling.md), all under the same consumer name; the first runs the worker's
-    background task."""
-    keys = stream_keys(worker.stream, worker.resources.settings.stream_partitions)
+    """One consumer per key of the worker's stream (``FLEET_STREAM_PARTITIONS``, and the
+    draining keys of ``FLEET_STREAM_PARTITIONS_PREVIOUS``, see docs/scaling.md), all
+    under the same consumer name; the first runs the worker's background task."""
+    settings = worker.resources.settings
+    keys = consumed_keys(
+        worker.stream, settings.stream_partitions, settings.stream_partitions_previous
+    )
     return [
         StreamConsumer(worker, consumer, inbox, key=key, background=index == 0)
         for index, key in enumerate(keys)
