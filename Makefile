@@ -15,11 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fleet demo
 
-# Unit and integration tests in two processes (each with its own embedded servers); the
-# fault tests, which kill processes and time recoveries, alone afterwards.
+# The suite in two processes, each with its own embedded servers; a test file stays in
+# one process, so its module fixtures (an embedded cluster, say) start once.
 test: lint typecheck
-	$(BIN)/python -m pytest -n 2 --durations=15 tests/unit tests/integration
-	$(BIN)/python -m pytest --durations=15 tests/faults
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,6 +31,13 @@ from workers.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist gives its processes COLUMNS=80; the shell's consoles would fix that
+    # width when first imported, and tests that give the CLI a width of their own (the
+    # CliRunner's env) could not. Without it the width is read when output is written.
+    os.environ.pop("COLUMNS", None)
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
