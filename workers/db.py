@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from workers import metrics, netio
-from workers.errors import ConfigError, ExitCode, FleetError, first_line
+from workers.errors import ConfigError, ExitCode, FleetError, Unavailable, first_line
 from workers.settings import Settings, redact_url
 
 log = structlog.get_logger("workers.db")
@@ -82,6 +82,8 @@ def classify(exc: BaseException) -> Failure:
         if sqlstate[:2] in ("22", "23"):
             return Failure.REJECTED
         return Failure.OTHER
+    if isinstance(exc, Unavailable):
+        return Failure.OUTAGE
     if isinstance(exc, TimeoutError):
         # The driver's own timeout, a moment past the server's statement timeout: the
         # server did not even report its timeout, so the connection is silent (a

@@ -48,6 +48,12 @@ class ConfigError(FleetError):
         self.exit_code = exit_code
 
 
+class Unavailable(FleetError):
+    """A server a batch needs (other than PostgreSQL, whose errors say so themselves) is
+    unreachable: the kernel waits it out like a PostgreSQL outage, claims kept fresh, and
+    dead-letters nothing (docs/guarantees.md)."""
+
+
 class Permanent(FleetError):
     """Dead-letter the entry now: retrying cannot help."""
 

@@ -34,7 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from workers.errors import FleetError
+from workers.errors import FleetError, Unavailable
 from workers.settings import Settings, redact_url
 
 if TYPE_CHECKING:
@@ -67,6 +67,11 @@ _MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound"})
 
 class S3Error(FleetError):
     """An S3 call failed for good (after retries, or not worth retrying)."""
+
+
+class S3Unavailable(S3Error, Unavailable):
+    """The store stayed unreachable (or kept answering 5xx) through every try: a batch
+    that needs it waits, as for a PostgreSQL outage."""
 
 
 class ObjectNotFound(S3Error):
@@ -132,14 +137,17 @@ async def _call(what: str, key: str, attempt: Callable[[], Awaitable[T]]) -> T:
     except ClientError as exc:
         if _is_missing(exc):
             raise ObjectNotFound(f"S3 object {key} does not exist") from None
-        raise S3Error(f"S3 {what} {key} failed: {_error_code(exc)}: {exc}") from None
+        error = S3Unavailable if is_transient(exc) else S3Error
+        raise error(f"S3 {what} {key} failed: {_error_code(exc)}: {exc}") from None
     except BotoCoreError as exc:
         # Credentials, configuration or (after the retries) connection problems.
-        tries = f" after {ATTEMPTS} attempts" if is_transient(exc) else ""
-        raise S3Error(f"S3 {what} {key} failed{tries}: {exc}") from None
+        if is_transient(exc):
+            tries = f"after {ATTEMPTS} attempts"
+            raise S3Unavailable(f"S3 {what} {key} failed {tries}: {exc}") from None
+        raise S3Error(f"S3 {what} {key} failed: {exc}") from None
     except Exception as exc:
         if is_transient(exc):
-            raise S3Error(
+            raise S3Unavailable(
                 f"S3 {what} {key} failed after {ATTEMPTS} attempts: {type(exc).__name__}: {exc}"
             ) from None
         raise

@@ -372,6 +372,56 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
     assert metric("fleet_export_job_duration_seconds_count", profile="vex") >= 2
 
 
+async def test_an_s3_outage_is_waited_out_and_dead_letters_nothing(
+    real_redis: Any, db: asyncpg.Pool, settings_for: Any, key_file: Path
+) -> None:
+    """S3 goes away with a request in hand: the batch waits (claims kept fresh) instead of
+    being redelivered into the dead-letter stream, and completes once S3 is back. With a
+    delivery limit of 2 and a reclaim idle time of 1 s, a batch given up would be
+    dead-lettered within a few seconds; the outage lasts several retries longer."""
+    await seed_consensus(db)
+    server, url = start_s3()
+    port = int(url.rsplit(":", 1)[1])
+    settings = settings_for(
+        s3_endpoint_url=url,
+        s3_bucket=f"exports-{uuid.uuid4().hex[:12]}",
+        export_key_file=str(key_file),
+        max_deliveries=2,
+    )
+    request = _request("vex", format="openvex")
+    retried = {"stream": "export:requests", "group": "export-workers"}
+    before = metric("fleet_events_total", **retried, type="batch", outcome="retried")
+    try:
+        async with open_s3(settings) as s3:
+            worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db, s3=s3))
+            async with running(worker):
+                server.stop()
+                await publish(real_redis, "export:requests", [request])
+
+                async def retried_a_while() -> bool:
+                    count = metric("fleet_events_total", **retried, type="batch", outcome="retried")
+                    return count - before >= 4
+
+                await poll(
+                    retried_a_while, timeout=60, what="the batch retrying through the outage"
+                )
+                assert await real_redis.xlen("export:requests:dlq") == 0
+                server, _ = start_s3(port)  # moto keeps its buckets in this process
+
+                async def announced() -> bool:
+                    return int(await real_redis.xlen("export:events")) >= 1
+
+                await poll(announced, what="the outcome once S3 is back")
+        ((_, fields),) = await real_redis.xrange("export:events")
+        outcome = decode_event(fields)
+        assert isinstance(outcome, ExportCompleted) and outcome.export_id == request.event_id
+        assert await real_redis.xlen("export:requests:dlq") == 0
+        pending = await real_redis.xpending("export:requests", "export-workers")
+        assert pending["pending"] == 0
+    finally:
+        server.stop()
+
+
 async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition(
     real_redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:

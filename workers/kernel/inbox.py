@@ -30,6 +30,7 @@ import asyncpg
 
 from contracts import Event
 from workers.db import DbConn, Failure, classify
+from workers.errors import Unavailable
 
 E = TypeVar("E", bound=Event)
 R = TypeVar("R")
@@ -210,7 +211,8 @@ class PgInbox:
             try:
                 yield tx
             except BaseException as exc:
-                if isinstance(exc, Exception) and classify(exc) is Failure.OUTAGE:
+                lost = classify(exc) is Failure.OUTAGE and not isinstance(exc, Unavailable)
+                if isinstance(exc, Exception) and lost:
                     # Lost, or silent past the statement timeout: nothing said on this
                     # connection can be trusted to arrive. Closed at once (the server rolls
                     # back), so the pool opens a new one instead of waiting on this one.
