@@ -21,8 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
+from devkit import workload
 from devkit.embedded import start_s3
-from tests.helpers import apply_directly, fleet_cli, fleet_in_process, metric, poll, running
+from tests.helpers import (
+    apply_directly,
+    fleet_cli,
+    fleet_in_process,
+    metric,
+    poll,
+    resources,
+    running,
+)
 from workers import s3 as s3io
 from workers import signing
 from workers.export import ExportWorker
@@ -30,6 +39,7 @@ from workers.kernel.worker import Resources
 from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.s3 import open_s3
+from workers.scan_metrics import ScanMetricsWorker
 from workers.vex_consensus import service
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
@@ -370,6 +380,40 @@ async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
     assert all(j["published_at"] is not None for j in jobs)
     assert metric("fleet_export_manifest_publish_total", result="ok") == before + 3
     assert metric("fleet_export_job_duration_seconds_count", profile="vex") >= 2
+
+
+async def test_scan_metrics_bundle_is_narrowed_by_tenant_and_since(
+    db: asyncpg.Pool,
+    database_url: str,
+    valkey_url: str,
+    settings_for: Any,
+    key_file: Path,
+    tmp_path: Path,
+) -> None:
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    events = workload.scan_events(60, seed=29, start=start)
+    await apply_directly(ScanMetricsWorker(resources(settings_for(), None, db)), db, events)
+    stored = await db.fetch("SELECT scan_id, tenant_id, started_at FROM scanner.scan_metrics")
+    tenant = stored[0]["tenant_id"]
+    times = sorted(r["started_at"] for r in stored if r["tenant_id"] == tenant)
+    since = times[len(times) // 2]
+    expected = {
+        str(r["scan_id"]) for r in stored if r["tenant_id"] == tenant and r["started_at"] >= since
+    }
+    assert 0 < len(expected) < len(stored)
+    manifest = tmp_path / "out" / "manifest.json"
+    result = fleet_cli(
+        _env(database_url, valkey_url),
+        "export", "bundle", "--profile", "scan-metrics", "--tenant", str(tenant),
+        "--since", since.isoformat(), "--manifest", str(manifest), "--key", str(key_file),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    files = manifest.parent / "scan-metrics"
+    scans = json.loads((files / "scans.json").read_bytes())["scans"]
+    assert {row["scan_id"] for row in scans} == expected
+    assert {row["tenant_id"] for row in scans} == {str(tenant)}
+    phases = json.loads((files / "phases.json").read_bytes())["phases"]
+    assert phases and {row["scan_id"] for row in phases} <= expected
 
 
 async def test_an_s3_outage_is_waited_out_and_dead_letters_nothing(
