@@ -14,6 +14,11 @@ so one tenant's events keep their order. With ``replicas`` > 0 each chunk is fol
 by ``WAIT replicas timeout`` on the same connection, and :class:`NotReplicated` is
 raised when fewer replicas confirmed it: a chunk confirmed that way survives the loss
 of its primary (``docs/scaling.md``).
+
+Keys are written one after another, so a failure on one key (its primary moved) can
+follow success on another: ``accepted`` is told which events each key took, and a
+caller that must announce each event once (the export worker, the vex outbox) marks
+only those as published.
 """
 
 from __future__ import annotations
@@ -49,6 +54,16 @@ class NotReplicated(Exception):
         self.published = published
 
 
+PUBLISH_FAILURES: tuple[type[BaseException], ...] = (
+    redis_exc.RedisError,
+    redis_exc.RedisClusterException,
+    NotReplicated,
+    OSError,
+)
+"""What :func:`publish` raises when Valkey did not take (or confirm) every event: the
+caller publishes the rest again later."""
+
+
 def tenant_key(event: Event) -> str:
     """The default partition key: the tenant id as canonical lower-case UUID text."""
     return str(event.tenant_id)
@@ -60,6 +75,7 @@ async def publish(
     events: Iterable[Event],
     progress: Callable[[int], object] | None = None,
     *,
+    accepted: Callable[[list[Event]], object] | None = None,
     chunk_size: int = CHUNK,
     partitions: int = 1,
     partition_key: Callable[[Event], str] = tenant_key,
@@ -71,7 +87,9 @@ async def publish(
     how many were published. With ``replicas``, ``WAIT replicas wait_timeout_ms`` after
     each chunk (:class:`NotReplicated` when fewer confirmed).
 
-    ``progress`` is called with the size of each chunk once the server accepted it."""
+    ``progress`` is called with the size of each chunk once the server accepted it;
+    ``accepted`` with the events of each key's share of a chunk once its server accepted
+    them (and ``replicas`` confirmed them), before the next key is tried."""
     count = 0
     chunk: list[Event] = []
     nodes: dict[str, Any] = {}
@@ -107,12 +125,13 @@ async def publish(
             return await pipe.execute()
 
     async def flush() -> None:
-        by_key: dict[str, list[dict[str, bytes]]] = {}
+        by_key: dict[str, list[Event]] = {}
         for event in chunk:
-            key = partitions_key(event)
-            by_key.setdefault(key, []).append(encode_entry(event))
-        for key, entries in by_key.items():
-            await send(key, entries)
+            by_key.setdefault(partitions_key(event), []).append(event)
+        for key, share in by_key.items():
+            await send(key, [encode_entry(event) for event in share])
+            if accepted is not None:
+                accepted(share)
         if progress is not None:
             progress(len(chunk))
 

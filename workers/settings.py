@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # While P changes: the previous P, whose keys the new layout lacks are still read
     # until `fleet partitions retire` removes them (docs/scaling.md).
     stream_partitions_previous: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    # Replicas that must confirm (WAIT) the events the fleet itself publishes (export
+    # outcomes, vex:consensus) before they count as published; 0: no wait. Set it to 1
+    # on a replicated Valkey so a failover cannot lose one (docs/scaling.md).
+    publish_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
 
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080

@@ -491,3 +491,40 @@ async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition
     assert await real_redis.xlen("export:events") == 0
     unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
     assert unpublished == 0
+
+
+async def test_outcomes_a_failing_partition_refused_are_announced_later_and_the_rest_once(
+    real_redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    # One partition takes its outcomes, the next one refuses (as a primary failing over
+    # would): the taken ones are marked published at once, the refused ones on a later
+    # pass, and no outcome reaches export:events twice.
+    settings = settings_for(stream_partitions=2)
+    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
+    requests = [
+        msgspec.structs.replace(_request("vex", format="yaml"), tenant_id=uuid.uuid4())
+        for _ in range(30)
+    ]
+    await apply_directly(worker, db, requests)
+    first = await db.fetchval(
+        "SELECT outcome->>'tenantId' FROM export.jobs ORDER BY finished_at LIMIT 1"
+    )
+    taking = key_for("export:events", first, 2)
+    (refusing,) = set(stream_keys("export:events", 2)) - {taking}
+    await real_redis.set(refusing, b"not a stream")  # XADD to it fails with WRONGTYPE
+
+    published = await worker._publish_pending()
+    on_taking = int(await real_redis.xlen(taking))
+    assert 0 < published == on_taking < len(requests)
+    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
+    assert unpublished == len(requests) - on_taking
+
+    await real_redis.delete(refusing)
+    assert await worker._publish_pending() == len(requests) - on_taking
+    assert await worker._publish_pending() == 0
+    seen = [
+        decode_event(fields).export_id  # type: ignore[attr-defined]
+        for key in (taking, refusing)
+        for _, fields in await real_redis.xrange(key)
+    ]
+    assert sorted(seen) == sorted(r.event_id for r in requests)

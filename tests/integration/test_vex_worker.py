@@ -14,13 +14,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.exceptions as redis_exc
 import structlog
 import structlog.testing
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
-from contracts.wire import decode_data
+from contracts.wire import decode_data, decode_event, encode_event
 from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
+from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.vex_consensus import VexConsensusWorker, service, store, telemetry
 from workers.vex_consensus.consensus import IssuerTrust
@@ -771,3 +773,48 @@ async def test_cli_trust_set_rejects_bad_input_with_one_line(
 async def test_cli_missing_file_is_one_line(database_url: str, valkey_url: str) -> None:
     result = fleet_cli(_env(database_url, valkey_url), "vex", "import", "/nonexistent/vex.json")
     assert "/nonexistent/vex.json: no such file" in _one_line_error(result)
+
+
+async def test_outbox_deletes_only_what_a_partition_took_and_publishes_the_rest_later(
+    redis: Any, db: asyncpg.Pool
+) -> None:
+    # The outbox's events go to two partitions; the second refuses (as a primary failing
+    # over would). The first partition's rows leave the outbox at once, the rest on a
+    # later flush, and no event reaches vex:consensus twice.
+    now = datetime.now(UTC)
+    events = [
+        ConsensusUpdated(
+            event_id=uuid.uuid4(),
+            version=1,
+            tenant_id=uuid.uuid4(),
+            occurred_at=now,
+            source="test",
+            component_purl=f"pkg:npm/left-pad@1.{n}.0",
+            vulnerability_id=VULN,
+            computed_at=now,
+            reason="ingestion_delta",
+        )
+        for n in range(30)
+    ]
+    async with db.acquire() as conn:
+        await store.write_outbox(conn, [(e.event_id, encode_event(e)) for e in events])
+    stream = "vex:consensus"
+    taking = key_for(stream, str(events[0].tenant_id), 2)
+    (refusing,) = set(stream_keys(stream, 2)) - {taking}
+    await redis.set(refusing, b"not a stream")  # XADD to it fails with WRONGTYPE
+
+    with pytest.raises(redis_exc.ResponseError):
+        await service.publish_outbox(db, redis, partitions=2)
+    on_taking = int(await redis.xlen(taking))
+    assert 0 < on_taking < len(events)
+    assert await outbox(db) == len(events) - on_taking
+
+    await redis.delete(refusing)
+    assert await service.publish_outbox(db, redis, partitions=2) == len(events) - on_taking
+    seen = [
+        decode_event(fields).event_id
+        for key in (taking, refusing)
+        for _, fields in await redis.xrange(key)
+    ]
+    assert sorted(seen) == sorted(e.event_id for e in events)
+    assert await outbox(db) == 0

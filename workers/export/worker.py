@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Final
 
 import asyncpg
 import msgspec
-import redis.exceptions as redis_exc
 import structlog
 
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
@@ -43,7 +42,7 @@ from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.worker import Resources, Worker
 from workers.partitions import consumed_keys
-from workers.publishing import publish
+from workers.publishing import PUBLISH_FAILURES, publish
 
 log = structlog.get_logger("workers.export")
 
@@ -52,10 +51,8 @@ OUTCOME_NAMESPACE: Final = uuid.UUID("5f0e2d3c-8a4b-4c6d-9e1f-2a3b4c5d6e7f")
 """uuid5 namespace of outcome event ids (over the request's eventId)."""
 PREFIX: Final = "exports"
 
-_PUBLISH_ERRORS = (
-    redis_exc.ConnectionError,
-    redis_exc.TimeoutError,
-    OSError,
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    *PUBLISH_FAILURES,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
@@ -256,33 +253,52 @@ class ExportWorker(Worker[ExportRequested, list[Done]]):
         The rows are claimed ``FOR UPDATE SKIP LOCKED`` in one transaction that marks
         them published after the ``XADD``: ``after_commit``, the background task and
         other replicas never publish the same outcome at once (a crash between the
-        ``XADD`` and the commit publishes it again, with the same event id)."""
+        ``XADD`` and the commit publishes it again, with the same event id). Only the
+        outcomes whose partition took them (and ``FLEET_PUBLISH_REPLICAS`` confirmed
+        them) are marked: when one partition's primary is failing over, the others'
+        outcomes are not announced again on the next pass."""
         pool = self.resources.pool
         assert pool is not None
+        settings = self.resources.settings
+        failure: BaseException | None = None
+        done: list[uuid.UUID] = []
         try:
             async with pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
-                    "SELECT export_id, status, outcome::text AS outcome FROM export.jobs "
+                    "SELECT status, outcome::text AS outcome FROM export.jobs "
                     "WHERE published_at IS NULL ORDER BY finished_at LIMIT 500 "
                     "FOR UPDATE SKIP LOCKED"
                 )
                 if not rows:
                     return 0
                 events = [_decode_outcome(r["status"], r["outcome"]) for r in rows]
-                await publish(
-                    self.resources.redis,
-                    EVENTS_STREAM,
-                    events,
-                    partitions=self.resources.settings.stream_partitions,
-                )
+                try:
+                    await publish(
+                        self.resources.redis,
+                        EVENTS_STREAM,
+                        events,
+                        partitions=settings.stream_partitions,
+                        replicas=settings.publish_replicas,
+                        accepted=lambda share: done.extend(_export_ids(share)),
+                    )
+                except PUBLISH_FAILURES as exc:
+                    failure = exc
                 await conn.execute(
                     "UPDATE export.jobs SET published_at = now() WHERE export_id = ANY($1::uuid[])",
-                    [r["export_id"] for r in rows],
+                    done,
                 )
         except _PUBLISH_ERRORS as exc:
-            self._log.warning("export.publish_deferred", error=str(exc)[:200])
-            return 0
-        return len(rows)
+            failure = exc
+            done = []
+        if failure is not None:
+            self._log.warning(
+                "export.publish_deferred", published=len(done), error=str(failure)[:200]
+            )
+        return len(done)
+
+
+def _export_ids(events: Sequence[object]) -> list[uuid.UUID]:
+    return [e.export_id for e in events if isinstance(e, ExportCompleted | ExportFailed)]
 
 
 def _decode_outcome(status: str, text: str) -> ExportCompleted | ExportFailed:

@@ -7,12 +7,12 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
-import redis.exceptions as redis_exc
 import typer
 
 from workers.clients import clients
 from workers.errors import ConfigError, first_line
 from workers.logs import configure_logging
+from workers.publishing import PUBLISH_FAILURES
 from workers.shell import run_async, settings
 from workers.vex_consensus import service
 
@@ -39,11 +39,16 @@ async def publish_pending(pool: asyncpg.Pool) -> tuple[int, str | None]:
     try:
         cfg = settings()
         async with clients(cfg, need=("valkey",)) as opened:
-            partitions = cfg.stream_partitions
-            return await service.publish_outbox(pool, opened.redis, partitions=partitions), None
+            published = await service.publish_outbox(
+                pool,
+                opened.redis,
+                partitions=cfg.stream_partitions,
+                replicas=cfg.publish_replicas,
+            )
+            return published, None
     except ConfigError as exc:
         return 0, str(exc)
-    except redis_exc.RedisError as exc:
+    except PUBLISH_FAILURES as exc:
         return 0, f"Valkey: {first_line(exc)}"
 
 

@@ -29,10 +29,11 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
+from contracts.base import Event
 from contracts.vex import ConsensusUpdated
 from workers import metrics
 from workers.db import DbConn
-from workers.publishing import publish
+from workers.publishing import PUBLISH_FAILURES, publish
 from workers.vex_consensus import store, telemetry
 from workers.vex_consensus.audit import Before, Decision, decision
 from workers.vex_consensus.consensus import (
@@ -400,21 +401,31 @@ _event_decoder = msgspec.json.Decoder(ConsensusUpdated)
 
 
 async def publish_outbox(
-    pool: asyncpg.Pool, redis: aioredis.Redis, *, batch: int = 500, partitions: int = 1
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    *,
+    batch: int = 500,
+    partitions: int = 1,
+    replicas: int = 0,
 ) -> int:
     """Move outbox rows to ``vex:consensus`` (``XADD``), oldest first; returns how many.
 
     Rows are claimed ``FOR UPDATE SKIP LOCKED``, so concurrent flushers (several
     consumers, the CLI) never publish the same row at once; a row is deleted in
-    the same transaction, after its ``XADD`` succeeded.
+    the same transaction, once its partition's ``XADD`` succeeded (and ``replicas``
+    confirmed it). When one partition fails after another took its share, only the
+    rows taken are deleted and the failure is raised after the commit, so no event is
+    announced twice by this function.
     """
     published = 0
     while True:
+        failure: BaseException | None = None
         async with pool.acquire() as conn, conn.transaction():
             rows = await store.claim_outbox(conn, batch)
             if not rows:
                 return published
             events: list[ConsensusUpdated] = []
+            done: list[uuid.UUID] = []
             for event_id, payload in rows:
                 problem: str | None = None
                 try:
@@ -425,9 +436,27 @@ async def publish_outbox(
                     # Written by this module, so only a contract limit (e.g. a purl longer
                     # than the contract allows) lands here; it can never be published.
                     log.error("vex.outbox_unpublishable", event_id=str(event_id), error=problem)
-            await publish(redis, CONSENSUS_STREAM, events, partitions=partitions)
-            await store.delete_outbox(conn, [event_id for event_id, _ in rows])
-        published += len(events)
+                    done.append(event_id)
+            unpublishable = len(done)
+
+            def taken(share: list[Event], into: list[uuid.UUID] = done) -> None:
+                into.extend(e.event_id for e in share)
+
+            try:
+                await publish(
+                    redis,
+                    CONSENSUS_STREAM,
+                    events,
+                    partitions=partitions,
+                    replicas=replicas,
+                    accepted=taken,
+                )
+            except PUBLISH_FAILURES as exc:
+                failure = exc
+            await store.delete_outbox(conn, done)
+        published += len(done) - unpublishable
+        if failure is not None:
+            raise failure
         if len(rows) < batch:
             return published
 

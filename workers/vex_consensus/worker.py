@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import ClassVar, Final
 
 import asyncpg
-import redis.exceptions as redis_exc
 import structlog
 
 from contracts.concelier import ConcelierEvent
@@ -32,6 +31,7 @@ from workers.kernel.inbox import Tx
 from workers.kernel.stopping import Stopping
 from workers.kernel.trimming import trim_stream
 from workers.kernel.worker import Resources, Worker
+from workers.publishing import PUBLISH_FAILURES
 from workers.vex_consensus import keys, service, telemetry
 from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
@@ -43,11 +43,8 @@ log = structlog.get_logger("workers.vex_consensus")
 MAX_PAIRS_PER_ADVISORY: Final = 1_000_000
 """An advisory naming more pairs than this is dead-lettered rather than recomputed."""
 
-_PUBLISH_ERRORS = (
-    redis_exc.ConnectionError,
-    redis_exc.TimeoutError,
-    redis_exc.ResponseError,
-    OSError,
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    *PUBLISH_FAILURES,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
@@ -146,10 +143,12 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         pool = self.resources.pool
         assert pool is not None
         try:
+            settings = self.resources.settings
             published = await service.publish_outbox(
                 pool,
                 self.resources.redis,
-                partitions=self.resources.settings.stream_partitions,
+                partitions=settings.stream_partitions,
+                replicas=settings.publish_replicas,
             )
         except _PUBLISH_ERRORS as exc:
             # Committed results stay in the outbox; the background task publishes them.
