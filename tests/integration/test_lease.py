@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from redis.exceptions import WatchError
 
 from workers.kernel.lease import ConsumerLease, Holder, LeaseLost, lease_key
 
@@ -85,3 +86,39 @@ async def test_the_lease_expires_with_its_time(redis: Any) -> None:
     name = await lease.acquire()
     ttl = await redis.pttl(lease_key(STREAM, name))
     assert 0 < ttl <= 30_000
+
+
+class _InterruptedWatch:
+    """A client whose next ``WATCH`` transactions fail the way a cluster client's do when
+    the watched key's primary dies mid-transaction (redis-py reports it as WatchError)."""
+
+    def __init__(self, redis: Any, interruptions: int) -> None:
+        self._redis = redis
+        self.interruptions = interruptions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self._redis.pipeline(transaction=transaction)
+        if self.interruptions:
+            self.interruptions -= 1
+
+            async def interrupted(*keys: Any) -> None:
+                raise WatchError("An error occurred while watching keys")
+
+            pipe.watch = interrupted
+        return pipe
+
+
+async def test_a_renewal_interrupted_by_a_failover_keeps_the_lease(redis: Any) -> None:
+    client = _InterruptedWatch(redis, interruptions=0)
+    lease = _lease(client, Holder("host-a", 100, "n1"), seconds=10)
+    name = await lease.acquire()
+    key = lease_key(STREAM, name)
+    await redis.pexpire(key, 2000)
+    client.interruptions = 2
+    await lease.renew()  # not LeaseLost: the lease still holds this process's token
+    assert client.interruptions == 0
+    assert await redis.pttl(key) > 2000
+    assert await redis.get(key) == Holder("host-a", 100, "n1").token

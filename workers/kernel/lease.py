@@ -184,8 +184,14 @@ class ConsumerLease:
         assert self.name is not None
         token = self._holder.token
         key = lease_key(self._stream, self.name)
-        if await self._swap(key, token, token):
-            return
+        for _ in range(3):
+            if await self._swap(key, token, token):
+                return
+            # The check-and-extend failed. A cluster client reports any error while it
+            # watches a key (the slot's primary died and its replica took over) as a
+            # changed key: when the lease still holds our token, it is ours; try again.
+            if await self._redis.get(key) != token:
+                break
         # Lapsed (a long pause, a Valkey restart without persistence): take it again if
         # nobody else has.
         if not await self._redis.set(key, token, nx=True, px=self._ms):
