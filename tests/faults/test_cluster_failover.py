@@ -9,6 +9,11 @@ loss is not. At the end the chaos checks of tests/faults/test_chaos.py hold: eve
 valid event's effect exists exactly once, nothing is pending on any partition, and the
 dead-letter streams of all partitions hold exactly the poison that was injected.
 
+The export worker runs too, with S3: every request has one job and one signed bundle,
+and its outcome is on ``export:events`` exactly once; every ``vex:consensus`` change is
+announced exactly once. Both publish with ``FLEET_PUBLISH_REPLICAS=1``.
+snapshot-retention is not run: it uses Valkey only at start-up and for readiness.
+
 ``make test`` runs a short version (one kill); ``make chaos`` the long one
 (``FLEET_CLUSTER_CHAOS_EVENTS``, a kill of some primary every few seconds, each killed
 node restarted as a replica). The figures are printed at the end.
@@ -17,12 +22,15 @@ node restarted as a replica). The figures are printed at the end.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +39,26 @@ import pytest
 import redis.exceptions as redis_exc
 
 from contracts import Event
+from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
+from contracts.wire import decode_event
+from devkit import workload
 from devkit.cluster import EmbeddedCluster, embedded_cluster
-from devkit.embedded import start_postgres
+from devkit.embedded import start_postgres, start_s3
 from tests.faults.test_chaos import Part, _notify_part, _scan_part, _vex_part
 from tests.helpers import fleet_process, migrated_database, process_log, server_dir
-from workers import cluster, streams
+from workers import cluster, signing, streams
+from workers.db import _init_connection
 from workers.kernel.lease import lease_key
 from workers.partitions import partition_key, stream_keys
 from workers.publishing import NotReplicated, publish
 from workers.settings import load_settings
+from workers.vex_consensus import service as vex
+from workers.vex_consensus.documents import parse_document
 
 EVENTS = int(os.environ.get("FLEET_CLUSTER_CHAOS_EVENTS", "1200"))
 KILLS = int(os.environ.get("FLEET_CLUSTER_CHAOS_KILLS", "1"))
 SECONDS = float(os.environ.get("FLEET_CLUSTER_CHAOS_SECONDS", "4"))
+EXPORTS = min(200, max(12, EVENTS // 50))
 PARTITIONS = 3
 POISON_PER_STREAM = 3
 
@@ -54,6 +69,36 @@ pytestmark = pytest.mark.slow
 def cluster_dir() -> Iterator[Path]:
     with server_dir("streamfleet-cluster-") as folder:
         yield folder
+
+
+def _export_part(count: int) -> Part:
+    """Export requests over every profile, one in six invalid (``export.failed``), each
+    from a tenant of its own so the outcomes spread over every partition."""
+    profiles = itertools.cycle(
+        [("scan-metrics", {}), ("snapshots", {}), ("vex", {"format": "openvex"})] * 2
+        + [("vex", {"format": "yaml"})]
+    )
+    requests = [
+        ExportRequested(
+            event_id=uuid.uuid4(),
+            version=1,
+            tenant_id=uuid.uuid4(),
+            occurred_at=datetime.now(UTC),
+            source="failover-test",
+            profile=profile,  # type: ignore[arg-type]  # the cycle names valid profiles
+            options=options,
+        )
+        for profile, options in itertools.islice(profiles, count)
+    ]
+
+    async def check(conn: asyncpg.Connection) -> None:
+        jobs = await conn.fetch("SELECT status, published_at FROM export.jobs")
+        assert len(jobs) == len(requests)
+        assert all(j["published_at"] is not None for j in jobs)
+        failed = sum(1 for r in requests if r.options.get("format") == "yaml")
+        assert sum(j["status"] == "failed" for j in jobs) == failed
+
+    return Part("export", "export:requests", "export-workers", list[Event](requests), check)
 
 
 def _event_key(event: Event) -> str:
@@ -137,16 +182,21 @@ async def _wait_promoted(replica: Any, timeout: float = 30.0) -> float:
 
 async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir: Path) -> None:
     rng = random.Random(int(os.environ.get("FLEET_CHAOS_SEED", "11")))
-    parts = [p for p in (_notify_part(EVENTS), _scan_part(EVENTS), _vex_part(EVENTS)) if p]
+    found = (_notify_part(EVENTS), _scan_part(EVENTS), _vex_part(EVENTS), _export_part(EXPORTS))
+    parts = [p for p in found if p]
     for p in parts:
         p.poison = [b"{not json %d" % i for i in range(POISON_PER_STREAM - 1)] + [
             b'{"type":"poison"}'
         ]
     pg, pg_url = start_postgres(cluster_dir / "pg")
+    s3, s3_url = start_s3()
+    key_file = cluster_dir / "export.pem"
+    key_file.write_bytes(signing.private_pem(signing.generate_key()))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     figures: dict[str, Any] = {"events": sum(len(p.events) for p in parts), "kills": 0}
     try:
         db_url = await migrated_database(pg_url, "cluster_chaos")
+        await _seed_vex(db_url)
         with embedded_cluster(cluster_dir / "valkey", node_timeout_ms=1000) as nodes:
             env = {
                 "FLEET_VALKEY_URL": nodes.url,
@@ -159,6 +209,10 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
                 "FLEET_BATCH_SIZE": "200",
                 "FLEET_LOG_LEVEL": "warning",
                 "FLEET_SHUTDOWN_GRACE_SECONDS": "10",
+                "FLEET_MAINTENANCE_INTERVAL_SECONDS": "1",
+                "FLEET_PUBLISH_REPLICAS": "1",
+                "FLEET_S3_ENDPOINT_URL": s3_url,
+                "FLEET_EXPORT_KEY_FILE": str(key_file),
             }
             settings = load_settings(env)
             client: Any = await cluster.open_client(settings)
@@ -166,6 +220,10 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
                 assert cluster.is_cluster(client)
                 for p in parts:
                     procs[p.worker] = fleet_process(env, "run", p.worker)
+                for name, proc in procs.items():
+                    # Started before the first kill: a worker starting while a primary is
+                    # down exits (code 4), as it should, which is not what this tests.
+                    await _wait_running(client, proc, parts, name)
                 for p in parts:
                     await _inject_poison(client, p)
 
@@ -199,6 +257,7 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
                     for name, proc in procs.items():
                         assert proc.poll() is None, f"{name} exited: {process_log(proc)[-2000:]}"
                     await asyncio.sleep(0.5)
+                await _wait_announced(db_url, deadline)
 
                 for name, proc in procs.items():
                     await _wait_running(client, proc, parts, name)
@@ -215,7 +274,41 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+        s3.stop()
         pg.cleanup()
+
+
+async def _seed_vex(db_url: str) -> None:
+    """VEX statements and trust for the advisories' components (as ``fleet vex import``
+    and ``fleet vex trust set`` would), so advisories change consensus results and the
+    vex worker publishes them; the results of the import itself wait in the outbox for
+    the worker too."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1, init=_init_connection)
+    try:
+        documents = [parse_document(data) for _, data in workload.vex_documents()]
+        async with pool.acquire() as conn, conn.transaction():
+            await vex.set_trust(conn, workload.vex_trust())
+            await vex.import_documents(conn, documents)
+    finally:
+        await pool.close()
+
+
+async def _wait_announced(db_url: str, deadline: float) -> None:
+    """Until every export outcome and vex:consensus change is published: the workers'
+    background tasks publish what a failover deferred."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        while True:
+            left = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM export.jobs WHERE published_at IS NULL)"
+                " + (SELECT count(*) FROM vex.consensus_outbox)"
+            )
+            if left == 0:
+                return
+            assert time.monotonic() < deadline, f"{left} derived event(s) never published"
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
 
 
 async def _wait_running(
@@ -256,6 +349,13 @@ async def _check(client: Any, db_url: str, parts: list[Part], figures: dict[str,
             pending += int((await client.xpending(key, p.group))["pending"])
             rows = await client.xrange(streams.dlq_name(key))
             dead_letters[p.stream] += [f.get(b"data", b"") for _, f in rows]
+    outcomes = await _announced(client, "export:events")
+    changes = await _announced(client, "vex:consensus")
+    figures["export_outcomes"] = len(outcomes)
+    figures["consensus_changes"] = len(changes)
+    figures["announced_twice"] = (
+        len(outcomes) - len(set(outcomes)) + len(changes) - len(set(changes))
+    )
     figures.update(lost=lost, duplicated=duplicated, pending=pending)
     figures["dead_lettered"] = sum(len(v) for v in dead_letters.values())
     print("\ncluster failover figures:", figures)
@@ -264,3 +364,20 @@ async def _check(client: Any, db_url: str, parts: list[Part], figures: dict[str,
     assert pending == 0
     for p in parts:
         assert sorted(dead_letters[p.stream]) == sorted(p.poison), p.stream
+    requested = next(p.events for p in parts if p.stream == "export:requests")
+    assert sorted(outcomes) == sorted(r.event_id for r in requested)
+    assert len(changes) == len(set(changes)) > 0
+
+
+async def _announced(client: Any, stream: str) -> list[uuid.UUID]:
+    """The ids announced on every partition of ``stream``: export ids on export:events,
+    event ids on vex:consensus."""
+    found: list[uuid.UUID] = []
+    for key in stream_keys(stream, PARTITIONS):
+        for _, fields in await client.xrange(key):
+            event = decode_event(fields)
+            if isinstance(event, ExportCompleted | ExportFailed):
+                found.append(event.export_id)
+            else:
+                found.append(event.event_id)
+    return found
