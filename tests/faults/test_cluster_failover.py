@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.exceptions as redis_exc
+import structlog.testing
 
 from contracts import Event
 from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
@@ -286,9 +287,11 @@ async def _seed_vex(db_url: str) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1, init=_init_connection)
     try:
         documents = [parse_document(data) for _, data in workload.vex_documents()]
-        async with pool.acquire() as conn, conn.transaction():
-            await vex.set_trust(conn, workload.vex_trust())
-            await vex.import_documents(conn, documents)
+        # capture_logs: the import's thousands of decision lines stay out of the output.
+        with structlog.testing.capture_logs():
+            async with pool.acquire() as conn, conn.transaction():
+                await vex.set_trust(conn, workload.vex_trust())
+                await vex.import_documents(conn, documents)
     finally:
         await pool.close()
 

@@ -23,6 +23,7 @@ from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
 from devkit import workload
 from devkit.embedded import start_s3
+from tests import helpers
 from tests.helpers import (
     apply_directly,
     fleet_cli,
@@ -51,24 +52,9 @@ KEY = signing.generate_key()
 TENANT = uuid.UUID("7d1f0a3e-2b4c-4d5e-8f6a-7b8c9d0e1f2a")
 
 
-def openvex(author: str, purl: str, status: str, vuln: str = "CVE-2025-2001") -> bytes:
-    statement: dict[str, Any] = {
-        "vulnerability": {"name": vuln},
-        "products": [{"@id": purl}],
-        "status": status,
-    }
-    if status == "not_affected":
-        statement["justification"] = "component_not_present"
-    return json.dumps(
-        {
-            "@context": "https://openvex.dev/ns/v0.2.0",
-            "@id": f"https://example.test/{hashlib.sha256(author.encode()).hexdigest()[:8]}",
-            "author": author,
-            "timestamp": T0.isoformat(),
-            "version": 1,
-            "statements": [statement],
-        }
-    ).encode()
+def openvex(author: str, purl: str, status: str) -> bytes:
+    why = "component_not_present" if status == "not_affected" else None
+    return helpers.openvex(author, [(purl, status, why)], vulnerability="CVE-2025-2001", at=T0)
 
 
 async def seed_consensus(db: asyncpg.Pool) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.helpers import fleet_cli, metric, poll, resources, running
+from tests.helpers import fleet_cli, metric, openvex_document, poll, resources, running
 from workers import signing
 from workers.vex_consensus import VexConsensusWorker
 
@@ -25,21 +25,13 @@ FAILURES = "fleet_vex_dsse_verification_failures_total"
 
 
 def openvex(status: str = "not_affected") -> dict[str, Any]:
-    return {
-        "@context": "https://openvex.dev/ns/v0.2.0",
-        "@id": "https://vendor.example/vex/2025-0001",
-        "author": VENDOR,
-        "timestamp": datetime(2025, 4, 1, tzinfo=UTC).isoformat(),
-        "version": 1,
-        "statements": [
-            {
-                "vulnerability": {"name": "CVE-2025-3001"},
-                "products": [{"@id": PURL}],
-                "status": status,
-                "justification": "vulnerable_code_not_in_execute_path",
-            }
-        ],
-    }
+    return openvex_document(
+        VENDOR,
+        [(PURL, status, "vulnerable_code_not_in_execute_path")],
+        vulnerability="CVE-2025-3001",
+        at=datetime(2025, 4, 1, tzinfo=UTC),
+        doc_id="https://vendor.example/vex/2025-0001",
+    )
 
 
 def attestation(key: Ed25519PrivateKey, document: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests import helpers
 from tests.helpers import fleet_cli, fleet_in_process
 from workers.errors import ExitCode
 from workers.vex_consensus import service
@@ -28,23 +29,14 @@ RIGHT = "pkg:npm/right-pad@2.0.0"
 
 
 def openvex(author: str, purl: str, status: str, at: datetime) -> bytes:
-    statement: dict[str, Any] = {
-        "vulnerability": {"name": CVE},
-        "products": [{"@id": purl}],
-        "status": status,
-    }
-    if status == "not_affected":
-        statement["justification"] = "vulnerable_code_not_in_execute_path"
-    return json.dumps(
-        {
-            "@context": "https://openvex.dev/ns/v0.2.0",
-            "@id": f"https://example.test/{author.split('/')[2]}/{purl}/{at:%Y%m%d}",
-            "author": author,
-            "timestamp": at.isoformat(),
-            "version": 1,
-            "statements": [statement],
-        }
-    ).encode()
+    why = "vulnerable_code_not_in_execute_path" if status == "not_affected" else None
+    return helpers.openvex(
+        author,
+        [(purl, status, why)],
+        vulnerability=CVE,
+        at=at,
+        doc_id=f"https://example.test/{author.split('/')[2]}/{purl}/{at:%Y%m%d}",
+    )
 
 
 async def ingest(db: asyncpg.Pool, *documents: bytes) -> None:

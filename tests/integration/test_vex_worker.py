@@ -21,7 +21,8 @@ import structlog.testing
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
 from contracts.wire import decode_data, decode_event, encode_event
-from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
+from tests import helpers
+from tests.helpers import OpenTx, Statement, fleet_cli, metric, poll, resources, running
 from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.vex_consensus import VexConsensusWorker, service, store, telemetry
@@ -73,26 +74,9 @@ TRUST = [
 ]
 
 
-def openvex(author: str, statements: Sequence[tuple[str, str, str | None]], at: datetime) -> bytes:
-    """An OpenVEX 0.2.0 document: (purl, status, justification) statements about VULN."""
-    return json.dumps(
-        {
-            "@context": "https://openvex.dev/ns/v0.2.0",
-            "@id": f"https://example.test/vex/{uuid.uuid5(uuid.NAMESPACE_URL, author)}",
-            "author": author,
-            "timestamp": at.isoformat(),
-            "version": 1,
-            "statements": [
-                {
-                    "vulnerability": {"name": VULN},
-                    "products": [{"@id": purl}],
-                    "status": status,
-                    **({"justification": why} if why else {}),
-                }
-                for purl, status, why in statements
-            ],
-        }
-    ).encode()
+def openvex(author: str, statements: Sequence[Statement], at: datetime) -> bytes:
+    """An OpenVEX document of (purl, status, justification) statements about VULN."""
+    return helpers.openvex(author, statements, vulnerability=VULN, at=at)
 
 
 DOCS = [
