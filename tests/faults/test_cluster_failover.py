@@ -12,7 +12,9 @@ dead-letter streams of all partitions hold exactly the poison that was injected.
 The export worker runs too, with S3: every request has one job and one signed bundle,
 and its outcome is on ``export:events`` exactly once; every ``vex:consensus`` change is
 announced exactly once. Both publish with ``FLEET_PUBLISH_REPLICAS=1``.
-snapshot-retention is not run: it uses Valkey only at start-up and for readiness.
+snapshot-retention runs as well; it uses Valkey only at start-up and for readiness (its
+schedule is a PostgreSQL advisory lock), so it must be ready before the kills and again
+after them, and stop cleanly.
 
 ``make test`` runs a short version (one kill); ``make chaos`` the long one
 (``FLEET_CLUSTER_CHAOS_EVENTS``, a kill of some primary every few seconds, each killed
@@ -22,6 +24,7 @@ node restarted as a replica). The figures are printed at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -34,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.exceptions as redis_exc
@@ -44,7 +48,7 @@ from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
 from contracts.wire import decode_event
 from devkit import workload
 from devkit.cluster import EmbeddedCluster, embedded_cluster
-from devkit.embedded import start_postgres, start_s3
+from devkit.embedded import free_port, start_postgres, start_s3
 from tests.faults.test_chaos import Part, _notify_part, _scan_part, _vex_part
 from tests.helpers import fleet_process, migrated_database, process_log, server_dir
 from workers import cluster, signing, streams
@@ -61,6 +65,7 @@ KILLS = int(os.environ.get("FLEET_CLUSTER_CHAOS_KILLS", "1"))
 SECONDS = float(os.environ.get("FLEET_CLUSTER_CHAOS_SECONDS", "4"))
 EXPORTS = min(200, max(12, EVENTS // 50))
 PARTITIONS = 3
+SNAPSHOTS = "snapshot-retention"
 POISON_PER_STREAM = 3
 
 pytestmark = pytest.mark.slow
@@ -221,10 +226,14 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
                 assert cluster.is_cluster(client)
                 for p in parts:
                     procs[p.worker] = fleet_process(env, "run", p.worker)
+                ready_port = free_port()
+                procs[SNAPSHOTS] = fleet_process(
+                    {**env, "FLEET_HTTP_PORT": str(ready_port)}, "run", SNAPSHOTS
+                )
                 for name, proc in procs.items():
                     # Started before the first kill: a worker starting while a primary is
                     # down exits (code 4), as it should, which is not what this tests.
-                    await _wait_running(client, proc, parts, name)
+                    await _wait_running(client, proc, parts, name, ready_port)
                 for p in parts:
                     await _inject_poison(client, p)
 
@@ -261,7 +270,7 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
                 await _wait_announced(db_url, deadline)
 
                 for name, proc in procs.items():
-                    await _wait_running(client, proc, parts, name)
+                    await _wait_running(client, proc, parts, name, ready_port)
                     proc.send_signal(signal.SIGTERM)
                 for name, proc in procs.items():
                     code = proc.wait(timeout=30)
@@ -315,11 +324,23 @@ async def _wait_announced(db_url: str, deadline: float) -> None:
 
 
 async def _wait_running(
-    client: Any, proc: subprocess.Popen[bytes], parts: list[Part], name: str
+    client: Any, proc: subprocess.Popen[bytes], parts: list[Part], name: str, ready_port: int
 ) -> None:
-    """SIGTERM is graceful once the worker runs, which its consumer-name lease proves."""
-    stream, group = next((p.stream, p.group) for p in parts if p.worker == name)
+    """SIGTERM is graceful once the worker runs, which a stream worker's consumer-name
+    lease proves, and snapshot-retention's readiness endpoint."""
     deadline = time.monotonic() + 60
+    if name == SNAPSHOTS:
+        url = f"http://127.0.0.1:{ready_port}/health/readiness"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while True:
+                assert proc.poll() is None, f"{name} exited: {process_log(proc)[-2000:]}"
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            return
+                assert time.monotonic() < deadline, f"{name} never ready"
+                await asyncio.sleep(0.2)
+    stream, group = next((p.stream, p.group) for p in parts if p.worker == name)
     while True:
         tokens = [await client.get(lease_key(stream, f"{group}-{n}")) for n in range(3)]
         if any(t and int(t.split(b"/")[1]) == proc.pid for t in tokens):
