@@ -5,7 +5,9 @@ One embedded cluster (three primaries, three replicas, devkit/cluster.py) serves
 whole module; the commands run in this process through typer's runner (each opens its
 own cluster client, as from a shell), ``fleet run`` as a real process. Commands that
 touch only PostgreSQL or S3 (``migrate``, ``tte``, ``snapshots``, ``export``,
-``contracts``) have no Valkey side; ``fleet demo`` starts a stack of its own.
+``contracts``, ``vex show|export|verify``, ``vex trust list``, ``vex conflicts list``)
+have no Valkey side; ``fleet demo`` starts a stack of its own. ``vex import``,
+``vex trust set`` and ``vex conflicts resolve`` publish their outbox here.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def test_partitions_status_and_retire_a_drained_key(nodes: EmbeddedCluster, valk
     assert int(valkey.exists(old)) == 0
 
 
-def test_vex_import_and_trust_publish_their_outbox_onto_the_partitions(
+def test_vex_import_trust_and_review_publish_their_outbox_onto_the_partitions(
     nodes: EmbeddedCluster, valkey: Any, db: Any, database_url: str, tmp_path: Path
 ) -> None:
     env = env_for(nodes, FLEET_DATABASE_URL=database_url)
@@ -167,15 +169,27 @@ def test_vex_import_and_trust_publish_their_outbox_onto_the_partitions(
         files.append(str(path))
     imported = fleet(env, "vex", "import", *files).output
     assert "to vex:consensus" in imported and "warning" not in imported, imported
-    # Trusting an issuer recomputes its pairs; the changed results are published.
-    trust = workload.vex_trust()[0]
-    trusted = fleet(
-        env, "vex", "trust", "set", trust.issuer_id, "--score", str(trust.trust_score),
-        "--priority", str(trust.priority), "--type", trust.issuer_type,
-    ).output  # fmt: skip
-    assert "warning" not in trusted, trusted
+    # Trusting an issuer recomputes its pairs; the changed results are published. With
+    # every issuer trusted, vendor and distro share a priority, so where they disagree
+    # the pair is a conflict.
+    for trust in workload.vex_trust():
+        trusted = fleet(
+            env, "vex", "trust", "set", trust.issuer_id, "--score", str(trust.trust_score),
+            "--priority", str(trust.priority), "--type", trust.issuer_type,
+        ).output  # fmt: skip
+        assert "warning" not in trusted, trusted
     published = sum(int(valkey.xlen(k)) for k in stream_keys("vex:consensus", P))
     assert published > 0 and int(valkey.exists("vex:consensus")) == 0, trusted
+    # Deciding a conflict recomputes its pair and publishes the new result.
+    queue = json.loads(fleet(env, "vex", "conflicts", "list", "--json").output)
+    assert queue, "no conflict to decide"
+    decided = fleet(
+        env, "vex", "conflicts", "resolve", str(queue[0]["conflict_id"]),
+        "--by", "ops@example.test", "--why", "checked upstream",
+        "--status", "under_investigation",
+    ).output  # fmt: skip
+    assert "warning" not in decided, decided
+    assert sum(int(valkey.xlen(k)) for k in stream_keys("vex:consensus", P)) > published
 
 
 def test_fleet_run_consumes_every_partition(

@@ -89,8 +89,8 @@ async def test_the_lease_expires_with_its_time(redis: Any) -> None:
 
 
 class _InterruptedWatch:
-    """A client whose next ``WATCH`` transactions fail the way a cluster client's do when
-    the watched key's primary dies mid-transaction (redis-py reports it as WatchError)."""
+    """A client whose next ``WATCH`` transactions fail the way redis-py reports a connection
+    lost while a key is watched (a Valkey restart, a cluster failover): WatchError."""
 
     def __init__(self, redis: Any, interruptions: int) -> None:
         self._redis = redis

@@ -187,9 +187,10 @@ class ConsumerLease:
         for _ in range(3):
             if await self._swap(key, token, token):
                 return
-            # The check-and-extend failed. A cluster client reports any error while it
-            # watches a key (the slot's primary died and its replica took over) as a
-            # changed key: when the lease still holds our token, it is ours; try again.
+            # The check-and-extend failed. redis-py reports a connection lost while a
+            # key is watched (a Valkey restart; on a cluster, any error, such as the
+            # slot's primary dying) as a changed key: when the lease still holds our
+            # token, it is ours; try again.
             if await self._redis.get(key) != token:
                 break
         # Lapsed (a long pause, a Valkey restart without persistence): take it again if
