@@ -175,6 +175,7 @@ async def _vex_part(
 ) -> tuple[str, Iterable[Event], int]:
     """Import the demo's VEX documents and trust rows (as ``fleet vex`` would), publish
     the results, and return the advisories for ``concelier:drift``."""
+    from workers.vex_consensus import outbox
     from workers.vex_consensus import service as vex
     from workers.vex_consensus.documents import parse_document
 
@@ -186,7 +187,7 @@ async def _vex_part(
         imported = await vex.import_documents(conn, documents)
     trusted.recompute.observe()
     imported.recompute.observe()
-    published = await vex.publish_outbox(pool, client)
+    published = await outbox.publish(pool, client)
     console.print(
         f"  vex: {len(documents)} OpenVEX documents from {len(documents)} issuers, "
         f"{imported.inserted} new statements, {published} consensus results published "

@@ -32,7 +32,7 @@ from workers.errors import FleetError
 from workers.export.worker import bundle_prefix
 from workers.publishing import publish
 from workers.settings import Settings
-from workers.vex_consensus import ingest, keys
+from workers.vex_consensus import ingest, keys, outbox
 from workers.vex_consensus import service as vex
 from workers.vex_consensus.consensus import IssuerTrust
 
@@ -136,7 +136,7 @@ async def signed_vex(pool: Any, client: Any, components: int, console: Console) 
             "SELECT count(*) FROM vex.vex_raw WHERE signature->>'keyId' = $1", keyid
         )
     imported.recompute.observe()
-    await vex.publish_outbox(pool, client)
+    await outbox.publish(pool, client)
     console.print(
         f"  signed vex: ed25519 key {keyid[:16]}… registered for {SIGNED_ISSUER} "
         "(signatures required)",

@@ -309,13 +309,13 @@ async def seed_vex(pool: asyncpg.Pool) -> None:
     trust = getattr(workload, "vex_trust", None)
     if documents is None or trust is None or "vex-consensus" not in available_workers():
         return
-    from workers.vex_consensus import store
+    from workers.vex_consensus import issuers, store
     from workers.vex_consensus.documents import parse_document
 
     parsed = [parse_document(data) for _, data in documents(VEX_COMPONENTS)]
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_statements(conn, parsed)
-        await store.upsert_trust(conn, trust())
+        await issuers.upsert_trust(conn, trust())
 
 
 async def change_trust(live: Stack) -> None:

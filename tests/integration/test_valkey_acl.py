@@ -160,13 +160,13 @@ def poison(event_type: str) -> list[dict[str, bytes]]:
 
 async def seed_vex(pool: asyncpg.Pool) -> None:
     """Statements and trust rows, so advisories change consensus results (published)."""
-    from workers.vex_consensus import store
+    from workers.vex_consensus import issuers, store
     from workers.vex_consensus.documents import parse_document
 
     parsed = [parse_document(data) for _, data in workload.vex_documents(VEX_COMPONENTS)]
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_statements(conn, parsed)
-        await store.upsert_trust(conn, workload.vex_trust())
+        await issuers.upsert_trust(conn, workload.vex_trust())
 
 
 # ------------------------------------------------------------------ helpers

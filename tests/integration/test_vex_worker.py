@@ -25,7 +25,7 @@ from tests import helpers
 from tests.helpers import OpenTx, Statement, fleet_cli, metric, poll, resources, running
 from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
-from workers.vex_consensus import VexConsensusWorker, service, store, telemetry
+from workers.vex_consensus import VexConsensusWorker, issuers, outbox, service, store, telemetry
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
 from workers.vex_consensus.purls import canonical_purl
@@ -118,7 +118,7 @@ async def seed(
     """Statements and trust stored directly, with no recompute (as before a deploy)."""
     async with db.acquire() as conn, conn.transaction():
         await store.insert_statements(conn, [parse_document(d) for d in docs])
-        await store.upsert_trust(conn, rows)
+        await issuers.upsert_trust(conn, rows)
 
 
 async def published(redis: Any) -> list[ConsensusUpdated]:
@@ -142,7 +142,7 @@ async def publish_advisory(redis: Any, event: AdvisoryUpdated) -> None:
     await publish(redis, DRIFT, [event])
 
 
-async def outbox(db: asyncpg.Pool) -> int:
+async def outbox_rows(db: asyncpg.Pool) -> int:
     return int(await db.fetchval("SELECT count(*) FROM vex.consensus_outbox"))
 
 
@@ -153,7 +153,7 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
     # A's consensus exists already and will not change; B has none yet.
     async with db.acquire() as conn, conn.transaction():
         await service.recompute(conn, [(A, VULN)], reason="ingestion_delta")
-    assert await service.publish_outbox(db, redis) == 1
+    assert await outbox.publish(db, redis) == 1
     before = await consensus(db)
     assert set(before) == {(A, VULN)}
     # The vendor (0.90) against the distro's versionless "fixed" (0.50), both at level 1.
@@ -192,7 +192,7 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
             "corr-1",
         )
         assert new.contributing_vex_ids == list(b["contributing_vex_ids"])
-        assert await outbox(db) == 0
+        assert await outbox_rows(db) == 0
         queued = await db.fetch("SELECT * FROM vex.consensus_conflicts")
         assert {(q["component_purl"], tuple(q["statuses"]), q["resolved_at"]) for q in queued} == {
             (A, ("fixed", "not_affected"), None),  # queued by the seed step
@@ -214,7 +214,7 @@ async def test_advisory_publishes_exactly_the_pairs_whose_result_changed(
         assert await consensus(db) == after
         assert len(await published(redis)) == 2
         assert await db.fetchval("SELECT count(*) FROM vex.consensus_conflicts") == 2
-        assert await outbox(db) == 0
+        assert await outbox_rows(db) == 0
     assert await redis.xlen(f"{DRIFT}:dlq") == 0
 
 
@@ -237,7 +237,7 @@ async def test_trust_change_flips_a_result_and_publishes_it(
     async with db.acquire() as conn, conn.transaction():
         report = await service.set_trust(conn, [trust(DISTRO, "0.95", 1, "distro")])
     assert report.changed_issuers == (DISTRO,)
-    assert await service.publish_outbox(db, redis) == report.recompute.events
+    assert await outbox.publish(db, redis) == report.recompute.events
 
     rows = await consensus(db)
     b = rows[(B, VULN)]
@@ -260,7 +260,7 @@ async def test_trust_change_flips_a_result_and_publishes_it(
     async with db.acquire() as conn, conn.transaction():
         again = await service.set_trust(conn, [trust(DISTRO, "0.95", 1, "distro")])
     assert again.changed_issuers == () and again.recompute.pairs == 0
-    assert await service.publish_outbox(db, redis) == 0
+    assert await outbox.publish(db, redis) == 0
 
 
 async def test_pair_left_without_eligible_statements_is_withdrawn_and_announced(
@@ -296,7 +296,7 @@ async def test_outbox_left_by_a_crash_is_published_by_the_background_task(
         report = await service.recompute(
             conn, [(A, VULN), (B, VULN), (A_BASE, VULN)], reason="ingestion_delta"
         )
-    assert report.events == 3 and await outbox(db) == 3
+    assert report.events == 3 and await outbox_rows(db) == 3
     worker = VexConsensusWorker(resources(settings_for(), redis, db))
     async with running(worker):
         await poll(lambda: _outbox_empty(db), what="the outbox flushed")
@@ -306,7 +306,7 @@ async def test_outbox_left_by_a_crash_is_published_by_the_background_task(
 
 
 async def _outbox_empty(db: asyncpg.Pool) -> bool:
-    return await outbox(db) == 0
+    return await outbox_rows(db) == 0
 
 
 async def test_conflict_queue_depth_gauge_equals_open_conflicts(
@@ -452,12 +452,12 @@ async def test_ten_thousand_purls_recompute_in_a_bounded_number_of_round_trips(
 
     first = await apply_counting()
     assert await db.fetchval("SELECT count(*) FROM vex.consensus") == 10_000
-    assert await outbox(db) == 10_000
+    assert await outbox_rows(db) == 10_000
     # BEGIN, one lock, then per 5,000 pairs two reads and at most five writes, COMMIT.
     assert len(first) <= 2 + 1 + 2 * 7, [" ".join(q.split())[:70] for q in first]
     second = await apply_counting()
     assert len(second) <= 2 + 1 + 2 * 2, second  # nothing changed: reads only
-    assert await outbox(db) == 10_000
+    assert await outbox_rows(db) == 10_000
     print(f"round trips for 10,000 pairs: {len(first)} (all new), {len(second)} (unchanged)")
     await redis.aclose()
 
@@ -529,7 +529,7 @@ async def test_a_vendor_statement_reaches_every_product_its_scope_covers(
         ),
     }
     async with db.acquire() as conn, conn.transaction():
-        await store.upsert_trust(conn, SCOPE_TRUST)
+        await issuers.upsert_trust(conn, SCOPE_TRUST)
     for issuer in [VENDOR, DISTRO] if vendor_first else [DISTRO, VENDOR]:
         async with db.acquire() as conn, conn.transaction():
             await service.import_documents(conn, [docs[issuer]])
@@ -781,24 +781,24 @@ async def test_outbox_deletes_only_what_a_partition_took_and_publishes_the_rest_
         for n in range(30)
     ]
     async with db.acquire() as conn:
-        await store.write_outbox(conn, [(e.event_id, encode_event(e)) for e in events])
+        await outbox.write(conn, [(e.event_id, encode_event(e)) for e in events])
     stream = "vex:consensus"
     taking = key_for(stream, str(events[0].tenant_id), 2)
     (refusing,) = set(stream_keys(stream, 2)) - {taking}
     await redis.set(refusing, b"not a stream")  # XADD to it fails with WRONGTYPE
 
     with pytest.raises(redis_exc.ResponseError):
-        await service.publish_outbox(db, redis, partitions=2)
+        await outbox.publish(db, redis, partitions=2)
     on_taking = int(await redis.xlen(taking))
     assert 0 < on_taking < len(events)
-    assert await outbox(db) == len(events) - on_taking
+    assert await outbox_rows(db) == len(events) - on_taking
 
     await redis.delete(refusing)
-    assert await service.publish_outbox(db, redis, partitions=2) == len(events) - on_taking
+    assert await outbox.publish(db, redis, partitions=2) == len(events) - on_taking
     seen = [
         decode_event(fields).event_id
         for key in (taking, refusing)
         for _, fields in await redis.xrange(key)
     ]
     assert sorted(seen) == sorted(e.event_id for e in events)
-    assert await outbox(db) == 0
+    assert await outbox_rows(db) == 0

@@ -36,7 +36,8 @@ from workers.app import migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
 from workers.kernel.worker import Resources
 from workers.settings import load_settings
-from workers.vex_consensus import VexConsensusWorker, service, store
+from workers.vex_consensus import VexConsensusWorker, outbox, service, store
+from workers.vex_consensus import issuers as trust_rows
 from workers.vex_consensus.consensus import IssuerTrust
 from workers.vex_consensus.documents import parse_document
 
@@ -135,7 +136,7 @@ async def bench(database_url: str, n_purls: int, n_issuers: int) -> None:
         ]
         async with pool.acquire() as conn, conn.transaction():
             await store.insert_statements(conn, docs)
-            await store.upsert_trust(conn, trust)
+            await trust_rows.upsert_trust(conn, trust)
         print(
             f"seeded {n_purls * n_issuers} statements ({n_issuers} per pair) "
             f"in {time.perf_counter() - started:.2f}s"
@@ -165,7 +166,7 @@ async def bench(database_url: str, n_purls: int, n_issuers: int) -> None:
             f"({n_purls} pairs in {elapsed:.2f}s, {queries} round trips)"
         )
         async with pool.acquire() as conn:
-            waiting = await store.outbox_size(conn)
+            waiting = await outbox.size(conn)
         print(f"outbox rows waiting to be published: {waiting}")
     finally:
         await pool.close()

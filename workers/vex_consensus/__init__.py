@@ -12,10 +12,14 @@ as ``vex.consensus.updated`` on ``vex:consensus``.
   a document twice stores nothing new; one module per format
   (:mod:`~workers.vex_consensus.openvex`, :mod:`~workers.vex_consensus.csaf`) over the
   shared records and raw-id rule (:mod:`~workers.vex_consensus.records`).
-- :mod:`workers.vex_consensus.store`: the set-based SQL (a fixed number of round
-  trips per 5,000 pairs, never one per pair).
-- :mod:`workers.vex_consensus.service`: recompute, import, trust change and the
-  outbox publisher, shared by the worker, ``fleet vex`` and the demo.
+- :mod:`workers.vex_consensus.store`: the set-based SQL of statements, consensus rows
+  and conflicts (a fixed number of round trips per 5,000 pairs, never one per pair);
+  :mod:`~workers.vex_consensus.issuers` holds issuer trust,
+  :mod:`~workers.vex_consensus.keys` issuer keys.
+- :mod:`workers.vex_consensus.outbox`: the ``vex.consensus.updated`` outbox, written
+  in the recompute's transaction and published to ``vex:consensus`` after it.
+- :mod:`workers.vex_consensus.service`: recompute, import and trust change, shared by
+  the worker, ``fleet vex`` and the demo.
 - :mod:`workers.vex_consensus.worker`: the consumer of ``concelier:drift``.
 - :mod:`workers.vex_consensus.cli`: ``fleet vex import|show|trust``.
 

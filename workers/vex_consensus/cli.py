@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from workers.errors import ExitCode, first_line
 from workers.shell import CliError, echo_json, err, fail, out
-from workers.vex_consensus import ingest, service, store
+from workers.vex_consensus import ingest, outbox, service, store
 from workers.vex_consensus.cli_common import (
     JsonOpt,
     publish_pending,
@@ -145,7 +145,7 @@ def import_documents(
                 progress.advance(task)
         published, deferred = await publish_pending(pool)
         async with pool.acquire() as conn:
-            pending = await store.outbox_size(conn)
+            pending = await outbox.size(conn)
         return lines, total, pending, published_line(published, deferred, pending)
 
     lines, total, _, published_text = run_with_pool(work)

@@ -14,7 +14,7 @@ from workers.errors import ConfigError, first_line
 from workers.logs import configure_logging
 from workers.publishing import PUBLISH_FAILURES
 from workers.shell import run_async, settings
-from workers.vex_consensus import service
+from workers.vex_consensus import outbox
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ async def publish_pending(pool: asyncpg.Pool) -> tuple[int, str | None]:
     try:
         cfg = settings()
         async with clients(cfg, need=("valkey",)) as opened:
-            published = await service.publish_outbox(
+            published = await outbox.publish(
                 pool,
                 opened.redis,
                 partitions=cfg.stream_partitions,
@@ -54,7 +54,7 @@ async def publish_pending(pool: asyncpg.Pool) -> tuple[int, str | None]:
 
 def published_line(published: int, deferred: str | None, pending: int) -> str:
     if deferred is None:
-        return f"published {published} event(s) to {service.CONSENSUS_STREAM}"
+        return f"published {published} event(s) to {outbox.CONSENSUS_STREAM}"
     return (
         f"warning: {deferred}; {pending} event(s) wait in vex.consensus_outbox for a "
         "running vex-consensus worker"

@@ -12,7 +12,7 @@ from rich.table import Table
 from contracts.vex import VexStatus
 from workers.errors import ExitCode
 from workers.shell import CliError, echo_json, fail, out
-from workers.vex_consensus import review, service, store
+from workers.vex_consensus import outbox, review, service
 from workers.vex_consensus.cli_common import JsonOpt, publish_pending, published_line, run_with_pool
 from workers.vex_consensus.consensus import STATUSES
 
@@ -101,7 +101,7 @@ def conflicts_resolve(
             report.observe()
         published, deferred = await publish_pending(pool)
         async with pool.acquire() as conn:
-            pending = await store.outbox_size(conn)
+            pending = await outbox.size(conn)
         return closed, report, published_line(published, deferred, pending)
 
     closed, report, published = run_with_pool(work)

@@ -13,7 +13,7 @@ from rich.table import Table
 from workers import signing
 from workers.errors import ExitCode
 from workers.shell import CliError, echo_json, fail, out
-from workers.vex_consensus import keys, service, store
+from workers.vex_consensus import issuers, keys, outbox, service
 from workers.vex_consensus.cli_common import JsonOpt, publish_pending, published_line, run_with_pool
 from workers.vex_consensus.consensus import ISSUER_TYPES, IssuerTrust, IssuerType
 
@@ -133,7 +133,7 @@ def trust_set(
         report.recompute.observe()
         published, deferred = await publish_pending(pool)
         async with pool.acquire() as conn:
-            pending = await store.outbox_size(conn)
+            pending = await outbox.size(conn)
         return row, report, published_line(published, deferred, pending), "; ".join(notes)
 
     row, report, published, notes = run_with_pool(work)
@@ -152,9 +152,9 @@ def trust_set(
 def trust_list(as_json: JsonOpt = False) -> None:
     """Issuers with their trust, and issuers whose statements are excluded for lack of it."""
 
-    async def work(pool: asyncpg.Pool) -> list[store.TrustListing]:
+    async def work(pool: asyncpg.Pool) -> list[issuers.TrustListing]:
         async with pool.acquire() as conn:
-            return await store.list_trust(conn)
+            return await issuers.list_trust(conn)
 
     rows = run_with_pool(work)
     if as_json:

@@ -5,8 +5,9 @@ vulnerability) pairs locks their vulnerabilities, loads statements, trust and th
 stored results set-based (a fixed number of queries per 5,000 pairs), decides in
 pure code (:func:`plan_changes`), and writes only what changed: consensus rows,
 the review queue and one ``vex.consensus.updated`` outbox row per changed pair.
-The caller owns the transaction; after it commits, :func:`publish_outbox` moves
-the outbox to the ``vex:consensus`` stream.
+The caller owns the transaction; after it commits,
+:func:`workers.vex_consensus.outbox.publish` moves the outbox to the ``vex:consensus``
+stream.
 
 Idempotency: an event's id is a uuid5 over its pair and the new digest (for a
 withdrawal, over the pair and the digest withdrawn), so recomputing an unchanged
@@ -26,15 +27,12 @@ from typing import Any, Final, Literal
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 
-from contracts.base import Event
 from contracts.vex import ConsensusUpdated
 from workers import metrics
 from workers.db import DbConn
-from workers.publishing import PUBLISH_FAILURES, publish
-from workers.vex_consensus import store, telemetry
+from workers.vex_consensus import issuers, outbox, store, telemetry
 from workers.vex_consensus.audit import Before, Decision, decision
 from workers.vex_consensus.consensus import (
     ConsensusOutcome,
@@ -53,7 +51,6 @@ log = structlog.get_logger("workers.vex_consensus")
 
 RecomputeReason = Literal["issuer_update", "policy_knob", "ingestion_delta", "advisory_drift"]
 
-CONSENSUS_STREAM: Final = "vex:consensus"
 SOURCE: Final = "vex-consensus"
 CHUNK_SIZE: Final = 5000
 """Pairs per query: bounds query size and memory; round trips grow by one chunk per 5,000."""
@@ -300,7 +297,7 @@ async def recompute(
             log.info("vex.decision", reason=reason, **decided.fields())
         await store.write_consensus(conn, plan.upserts, plan.deletes, computed_at)
         await store.update_conflicts(conn, plan.changed, plan.conflicts, computed_at)
-        await store.write_outbox(conn, [(e.event_id, _encoder.encode(e)) for e in plan.events])
+        await outbox.write(conn, [(e.event_id, _encoder.encode(e)) for e in plan.events])
         report.changed += len(plan.changed)
         report.upserted += len(plan.upserts)
         report.deleted += len(plan.deletes)
@@ -339,7 +336,7 @@ async def withdraw(
     await store.write_consensus(conn, [], pairs, at)
     await store.update_conflicts(conn, dict.fromkeys(pairs), [], at)
     events = [_event(p, None, stored[p], reason, at, _NO_TRIGGER) for p in pairs]
-    await store.write_outbox(conn, [(e.event_id, _encoder.encode(e)) for e in events])
+    await outbox.write(conn, [(e.event_id, _encoder.encode(e)) for e in events])
     return len(events)
 
 
@@ -382,8 +379,8 @@ async def set_trust(
     priority moved, ``issuer_update`` when issuers only gained rows or changed type.
     The changes are recorded (``vex.trust_changes``) for a worker to export as metrics
     (:mod:`workers.vex_consensus.telemetry`)."""
-    before = await store.trust_of(conn, [r.issuer_id for r in rows])
-    changed = await store.upsert_trust(conn, rows)
+    before = await issuers.trust_of(conn, [r.issuer_id for r in rows])
+    changed = await issuers.upsert_trust(conn, rows)
     changes = telemetry.trust_changes(before, rows, changed)
     pairs: set[Pair] = set()
     if changed:
@@ -393,72 +390,6 @@ async def set_trust(
     report = await recompute(conn, pairs, reason=reason, now=now)
     await telemetry.record_trust_changes(conn, changes, report.seconds)
     return TrustReport(changed_issuers=tuple(changed), recompute=report)
-
-
-# ------------------------------------------------------------------ publishing
-
-_event_decoder = msgspec.json.Decoder(ConsensusUpdated)
-
-
-async def publish_outbox(
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    *,
-    batch: int = 500,
-    partitions: int = 1,
-    replicas: int = 0,
-) -> int:
-    """Move outbox rows to ``vex:consensus`` (``XADD``), oldest first; returns how many.
-
-    Rows are claimed ``FOR UPDATE SKIP LOCKED``, so concurrent flushers (several
-    consumers, the CLI) never publish the same row at once; a row is deleted in
-    the same transaction, once its partition's ``XADD`` succeeded (and ``replicas``
-    confirmed it). When one partition fails after another took its share, only the
-    rows taken are deleted and the failure is raised after the commit, so no event is
-    announced twice by this function.
-    """
-    published = 0
-    while True:
-        failure: BaseException | None = None
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await store.claim_outbox(conn, batch)
-            if not rows:
-                return published
-            events: list[ConsensusUpdated] = []
-            done: list[uuid.UUID] = []
-            for event_id, payload in rows:
-                problem: str | None = None
-                try:
-                    events.append(_event_decoder.decode(payload))
-                except msgspec.ValidationError as exc:
-                    problem = str(exc)
-                if problem is not None:
-                    # Written by this module, so only a contract limit (e.g. a purl longer
-                    # than the contract allows) lands here; it can never be published.
-                    log.error("vex.outbox_unpublishable", event_id=str(event_id), error=problem)
-                    done.append(event_id)
-            unpublishable = len(done)
-
-            def taken(share: list[Event], into: list[uuid.UUID] = done) -> None:
-                into.extend(e.event_id for e in share)
-
-            try:
-                await publish(
-                    redis,
-                    CONSENSUS_STREAM,
-                    events,
-                    partitions=partitions,
-                    replicas=replicas,
-                    accepted=taken,
-                )
-            except PUBLISH_FAILURES as exc:
-                failure = exc
-            await store.delete_outbox(conn, done)
-        published += len(done) - unpublishable
-        if failure is not None:
-            raise failure
-        if len(rows) < batch:
-            return published
 
 
 async def refresh_conflict_gauge(pool: asyncpg.Pool) -> int:

@@ -1,4 +1,6 @@
-"""The SQL of vex-consensus: set-based, a fixed number of statements per call.
+"""The SQL of vex-consensus statements, consensus rows and conflicts: set-based, a fixed
+number of statements per call (issuer trust: :mod:`workers.vex_consensus.issuers`; the
+outbox: :mod:`workers.vex_consensus.outbox`).
 
 Rows travel as parallel arrays expanded with ``unnest``, so importing a document,
 loading the statements of 5,000 pairs or writing 5,000 consensus rows is one
@@ -7,7 +9,7 @@ write expect the caller's transaction around them.
 
 Identity and idempotency: ``vex_raw`` rows are keyed by their content-derived raw
 id (``ON CONFLICT DO NOTHING``), consensus rows by their pair, conflicts by pair and
-result digest, outbox rows by their deterministic event id.
+result digest.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import msgspec
 
 from contracts.vex import VexStatus
 from workers.db import DbConn
+from workers.vex_consensus import issuers
 from workers.vex_consensus.consensus import (
     ConsensusResult,
     IssuerTrust,
-    IssuerType,
     Statement,
     consensus_id_for,
 )
@@ -70,15 +72,6 @@ class ConflictRow(msgspec.Struct, frozen=True, kw_only=True):
     digest: str
     # The tenant whose event caused the recompute that found it (system: all zeros).
     tenant_id: uuid.UUID = uuid.UUID(int=0)
-
-
-class TrustListing(msgspec.Struct, frozen=True, kw_only=True):
-    """An issuer with or without a trust row, and how many statements it made."""
-
-    issuer_id: str
-    trust: IssuerTrust | None
-    statements: int
-    updated_at: datetime | None
 
 
 class StatementSource(msgspec.Struct, frozen=True, kw_only=True):
@@ -196,7 +189,9 @@ async def load_inputs(
     for r in rows:
         issuer_id: str = r["issuer_id"]
         if r["priority"] is not None and issuer_id not in trust:
-            trust[issuer_id] = _trust(issuer_id, r["trust_score"], r["priority"], r["issuer_type"])
+            trust[issuer_id] = issuers.trust_row(
+                issuer_id, r["trust_score"], r["priority"], r["issuer_type"]
+            )
         statement = Statement(
             raw_id=r["raw_id"],
             issuer_id=issuer_id,
@@ -209,15 +204,6 @@ async def load_inputs(
         )
         statements.setdefault((r["scope_base"], statement.vulnerability_id), []).append(statement)
     return statements, trust
-
-
-def _trust(issuer_id: str, score: Decimal, priority: int, issuer_type: str) -> IssuerTrust:
-    return IssuerTrust(
-        issuer_id=issuer_id,
-        trust_score=score,
-        priority=priority,
-        issuer_type=cast(IssuerType, issuer_type),
-    )
 
 
 _COVERED = """
@@ -284,81 +270,6 @@ async def statement_sources(
         )
         for r in rows
     }
-
-
-# ------------------------------------------------------------------ trust
-
-_UPSERT_TRUST = """
-INSERT INTO vex.issuer_trust AS t (issuer_id, trust_score, priority, issuer_type, updated_at)
-SELECT u.issuer_id, u.trust_score, u.priority, u.issuer_type, now()
-FROM unnest($1::text[], $2::numeric[], $3::int[], $4::text[])
-    AS u(issuer_id, trust_score, priority, issuer_type)
-ON CONFLICT (issuer_id) DO UPDATE SET
-    trust_score = EXCLUDED.trust_score,
-    priority = EXCLUDED.priority,
-    issuer_type = EXCLUDED.issuer_type,
-    updated_at = now()
-WHERE (t.trust_score, t.priority, t.issuer_type)
-    IS DISTINCT FROM (EXCLUDED.trust_score, EXCLUDED.priority, EXCLUDED.issuer_type)
-RETURNING issuer_id
-"""
-
-
-_TRUST_OF = """
-SELECT issuer_id, trust_score, priority, issuer_type FROM vex.issuer_trust
-WHERE issuer_id = ANY($1::text[])
-"""
-
-
-async def trust_of(conn: DbConn, issuer_ids: Sequence[str]) -> dict[str, IssuerTrust]:
-    """The trust rows of ``issuer_ids`` that exist."""
-    rows = await conn.fetch(_TRUST_OF, list(issuer_ids))
-    return {
-        r["issuer_id"]: _trust(r["issuer_id"], r["trust_score"], r["priority"], r["issuer_type"])
-        for r in rows
-    }
-
-
-async def upsert_trust(conn: DbConn, rows: Sequence[IssuerTrust]) -> list[str]:
-    """Insert or update trust rows; returns the issuers whose row actually changed."""
-    unique = {r.issuer_id: r for r in rows}
-    if not unique:
-        return []
-    found = await conn.fetch(
-        _UPSERT_TRUST,
-        list(unique),
-        [r.trust_score for r in unique.values()],
-        [r.priority for r in unique.values()],
-        [r.issuer_type for r in unique.values()],
-    )
-    return sorted(r["issuer_id"] for r in found)
-
-
-_LIST_TRUST = """
-WITH counts AS (
-    SELECT issuer_id, count(*) AS statements FROM vex.vex_raw GROUP BY issuer_id
-)
-SELECT coalesce(t.issuer_id, c.issuer_id) AS issuer_id, t.trust_score, t.priority,
-       t.issuer_type, t.updated_at, coalesce(c.statements, 0) AS statements
-FROM vex.issuer_trust t
-FULL JOIN counts c ON c.issuer_id = t.issuer_id
-ORDER BY t.priority NULLS LAST, t.trust_score DESC NULLS LAST, 1
-"""
-
-
-async def list_trust(conn: DbConn) -> list[TrustListing]:
-    """Every issuer with a trust row or a statement, best level first."""
-    return [
-        TrustListing(
-            issuer_id=r["issuer_id"],
-            trust=None
-            if r["priority"] is None
-            else _trust(r["issuer_id"], r["trust_score"], r["priority"], r["issuer_type"]),
-            statements=int(r["statements"]),
-            updated_at=r["updated_at"],
-        )
-        for r in await conn.fetch(_LIST_TRUST)
-    ]
 
 
 # ------------------------------------------------------------------ consensus
@@ -537,45 +448,3 @@ async def open_conflicts(conn: DbConn) -> int:
         "SELECT count(*) FROM vex.consensus_conflicts WHERE resolved_at IS NULL"
     )
     return int(count or 0)
-
-
-# ------------------------------------------------------------------ outbox
-
-_WRITE_OUTBOX = """
-INSERT INTO vex.consensus_outbox (event_id, payload)
-SELECT o.event_id, o.payload::jsonb
-FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS o(event_id, payload, n)
-ORDER BY o.n
-ON CONFLICT (event_id) DO NOTHING
-"""
-
-
-async def write_outbox(conn: DbConn, events: Sequence[tuple[uuid.UUID, bytes]]) -> None:
-    """Queue encoded events for publishing after commit; a known event id is skipped."""
-    if events:
-        await conn.execute(
-            _WRITE_OUTBOX, [e for e, _ in events], [p.decode("utf-8") for _, p in events]
-        )
-
-
-_CLAIM_OUTBOX = """
-SELECT event_id, payload::text AS payload FROM vex.consensus_outbox
-ORDER BY seq
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-
-
-async def claim_outbox(conn: DbConn, limit: int) -> list[tuple[uuid.UUID, str]]:
-    """The oldest unpublished events, locked so a concurrent flusher skips them."""
-    return [(r["event_id"], r["payload"]) for r in await conn.fetch(_CLAIM_OUTBOX, limit)]
-
-
-async def delete_outbox(conn: DbConn, event_ids: Sequence[uuid.UUID]) -> None:
-    await conn.execute(
-        "DELETE FROM vex.consensus_outbox WHERE event_id = ANY($1::uuid[])", list(event_ids)
-    )
-
-
-async def outbox_size(conn: DbConn) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM vex.consensus_outbox") or 0)

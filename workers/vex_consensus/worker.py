@@ -32,7 +32,7 @@ from workers.kernel.stopping import Stopping
 from workers.kernel.trimming import trim_stream
 from workers.kernel.worker import Resources, Worker
 from workers.publishing import PUBLISH_FAILURES
-from workers.vex_consensus import keys, service, telemetry
+from workers.vex_consensus import keys, outbox, service, telemetry
 from workers.vex_consensus.purls import canonical_purls, purl_problem
 from workers.vex_consensus.service import RecomputeReport, Trigger
 from workers.vex_consensus.store import Pair
@@ -130,7 +130,7 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
                 seen = await self._count_rejections(seen)
                 await trim_stream(
                     self.resources.redis,
-                    service.CONSENSUS_STREAM,
+                    outbox.CONSENSUS_STREAM,
                     retention_days=settings.stream_retention_days,
                     max_len=settings.stream_max_len,
                 )
@@ -144,7 +144,7 @@ class VexConsensusWorker(Worker[ConcelierEvent, RecomputeReport]):
         assert pool is not None
         try:
             settings = self.resources.settings
-            published = await service.publish_outbox(
+            published = await outbox.publish(
                 pool,
                 self.resources.redis,
                 partitions=settings.stream_partitions,
