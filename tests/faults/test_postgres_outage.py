@@ -1,6 +1,10 @@
 """A PostgreSQL outage in the middle of a run: worker processes wait it out, keep their
 claims, and resume; nothing is dead-lettered, lost or applied twice.
 
+Two notify-delivery workers share the main workload; an export worker (S3 up, its
+database down) takes export requests published before and during the outage, and
+announces each outcome once afterwards.
+
 The outage lasts ``FLEET_OUTAGE_SECONDS`` (12 by default; ``make chaos`` runs 60), six
 times the reclaim idle time of 2 s and longer than the retry budget and several delivery
 limits put together: a consumer that gave entries up, or let their claims lapse, would
@@ -12,21 +16,27 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
+from contracts.exports import ExportCompleted, ExportRequested
+from contracts.wire import decode_event
 from devkit import workload
-from devkit.embedded import start_postgres
+from devkit.embedded import start_postgres, start_s3
 from tests.helpers import fleet_process, migrated_database, poll, process_log, server_dir
-from workers import streams
+from workers import signing, streams
 from workers.publishing import publish
 
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "12"))
 STREAM = "notify:delivery"
 GROUP = "notify-workers"
+EXPORTS = "export:requests"
+EXPORT_GROUP = "export-workers"
 
 
 @pytest.fixture
@@ -34,8 +44,28 @@ def own_postgres() -> Iterator[Any]:
     """A PostgreSQL of this test's own, since the test stops it."""
     with server_dir("streamfleet-outage-") as folder:
         server, _ = start_postgres(folder / "pg")
+        server.folder = folder
         yield server
         server.cleanup()
+
+
+@pytest.fixture
+def s3_url() -> Iterator[str]:
+    server, url = start_s3()
+    yield url
+    server.stop()
+
+
+def _export_request(profile: str, **options: str) -> ExportRequested:
+    return ExportRequested(
+        event_id=uuid.uuid4(),
+        version=1,
+        tenant_id=uuid.uuid4(),
+        occurred_at=datetime.now(UTC),
+        source="outage-test",
+        profile=profile,  # type: ignore[arg-type]  # the tests name valid profiles
+        options=options,
+    )
 
 
 def _stop(pg: Any) -> None:
@@ -45,15 +75,16 @@ def _stop(pg: Any) -> None:
 
 
 async def _settled(redis: Any) -> bool:
-    for status in await streams.group_statuses(redis, STREAM):
-        if status.pending or (status.lag or 0):
-            return False
+    for stream in (STREAM, EXPORTS):
+        for status in await streams.group_statuses(redis, stream):
+            if status.pending or (status.lag or 0):
+                return False
     return True
 
 
 @pytest.mark.slow
 async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
-    real_redis: Any, valkey_url: str, own_postgres: Any
+    real_redis: Any, valkey_url: str, own_postgres: Any, s3_url: str
 ) -> None:
     db_url = await migrated_database(own_postgres.get_uri(), "outage")
     env = {
@@ -69,9 +100,21 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
     }
     events = list(workload.notification_events(12_000, seed=51))
     chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
+    requests = [_export_request(p) for p in ("scan-metrics", "snapshots", "vex") * 4]
+    key_file = own_postgres.folder / "export.pem"
+    key_file.write_bytes(signing.private_pem(signing.generate_key()))
     await streams.ensure_group(real_redis, STREAM, GROUP)
+    await streams.ensure_group(real_redis, EXPORTS, EXPORT_GROUP)
     procs = [fleet_process({**env, "FLEET_CONSUMER_NAME": f"w{i}"}, "run", "notify-delivery")
              for i in range(2)]  # fmt: skip
+    exporter_env = {
+        **env,
+        "FLEET_CONSUMER_NAME": "x0",
+        "FLEET_S3_ENDPOINT_URL": s3_url,
+        "FLEET_EXPORT_KEY_FILE": str(key_file),
+        "FLEET_MAINTENANCE_INTERVAL_SECONDS": "1",
+    }
+    procs.append(fleet_process(exporter_env, "run", "export"))
     db = await asyncpg.connect(db_url)
     try:
         await publish(real_redis, STREAM, chunks[0])
@@ -88,20 +131,36 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
             return {b"w0", b"w1"} <= names
 
         await poll(both_running, timeout=60, what="both workers running")
+
+        async def exporter_running() -> bool:
+            names = {c["name"] for c in await real_redis.xinfo_consumers(EXPORTS, EXPORT_GROUP)}
+            return b"x0" in names
+
+        await poll(exporter_running, timeout=60, what="the export worker running")
         await db.close()
         _stop(own_postgres)
         # Publishing goes on for the whole outage: the workers read, hold and wait.
         outage_ends = time.monotonic() + OUTAGE_SECONDS
         sent = 1
+        exported = 0
         while time.monotonic() < outage_ends:
             if sent < len(chunks) // 2:
                 await publish(real_redis, STREAM, chunks[sent])
                 sent += 1
+            if exported < len(requests):
+                await publish(real_redis, EXPORTS, [requests[exported]])
+                exported += 1
             await asyncio.sleep(1.0)  # paces the publishing over the outage; no synchronisation
         own_postgres.ensure_postgres_running()
         for chunk in chunks[sent:]:
             await publish(real_redis, STREAM, chunk)
+        await publish(real_redis, EXPORTS, requests[exported:])
         await poll(lambda: _settled(real_redis), timeout=180, what="everything handled")
+
+        async def announced() -> bool:
+            return int(await real_redis.xlen("export:events")) >= len(requests)
+
+        await poll(announced, timeout=60, what="every export outcome announced")
         for proc in procs:
             assert proc.poll() is None, process_log(proc)[-3000:]
             proc.send_signal(signal.SIGTERM)
@@ -110,6 +169,7 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
         db = await asyncpg.connect(db_url)
         rows = await db.fetch("SELECT last_event_id FROM notify.delivery_log")
         inbox = int(await db.fetchval("SELECT count(*) FROM fleet.inbox"))
+        jobs = await db.fetch("SELECT status, published_at FROM export.jobs")
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -117,7 +177,14 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
                 proc.wait(timeout=10)
         await db.close()
     assert {r[0] for r in rows} == {e.event_id for e in events}, "lost events"
-    assert inbox == len(events), "events applied twice or not at all"
+    assert inbox == len(events) + len(requests), "events applied twice or not at all"
     assert await real_redis.xlen(f"{STREAM}:dlq") == 0
+    assert await real_redis.xlen(f"{EXPORTS}:dlq") == 0
+    assert [j["status"] for j in jobs] == ["completed"] * len(requests)
+    assert all(j["published_at"] is not None for j in jobs)
+    outcomes = [decode_event(f) for _, f in await real_redis.xrange("export:events")]
+    assert all(isinstance(o, ExportCompleted) for o in outcomes), outcomes
+    announced_ids = sorted(o.export_id for o in outcomes if isinstance(o, ExportCompleted))
+    assert announced_ids == sorted(r.event_id for r in requests), "an outcome lost or repeated"
     logs = "".join(process_log(p) for p in procs)
     assert "dead_lettered" not in logs
