@@ -7,6 +7,11 @@ commands and no external tool: ``CLUSTER MEET`` joins every node to the first,
 ``CLUSTER REPLICATE`` makes each other node the replica of one primary. A short
 ``cluster-node-timeout`` makes a replica take over within seconds of its primary being
 killed (``docs/scaling.md``).
+
+With :class:`ClusterTls` every node speaks TLS only, clients and the cluster bus and
+replication alike (``tls-cluster``, ``tls-replication``); that needs a server binary
+built with TLS, which the embedded one is not, so the caller names one (Debian's
+``redis-server``, as the TLS tests use).
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ def server_binary() -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ClusterTls:
+    """The server certificate, its key and the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def query(self) -> str:
+        return f"ssl_ca_certs={self.ca}&ssl_cert_reqs=required"
+
+
 @dataclass
 class ClusterNode:
     """One ``valkey-server`` process of the cluster; its folder keeps ``nodes.conf`` and
@@ -66,12 +83,23 @@ class ClusterNode:
     folder: Path
     node_timeout_ms: int
     process: subprocess.Popen[bytes] | None = None
+    tls: ClusterTls | None = None
+    binary: Path | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+            ]  # fmt: skip
         args = [
-            str(server_binary()),
-            "--port", str(self.port),
+            str(self.binary or server_binary()),
+            *listen,
             "--bind", "127.0.0.1",
             "--dir", str(self.folder),
             "--cluster-enabled", "yes",
@@ -121,7 +149,10 @@ class ClusterNode:
     def client(self) -> redis.Redis:
         """A client of this node alone, with ``CLUSTER …`` replies left as the server
         sends them (text, or nested lists for ``CLUSTER SLOTS``)."""
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), "ssl_cert_reqs": "required"}
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **tls)
         callbacks: dict[Any, Any] = client.response_callbacks
         for name in [n for n in callbacks if str(n).startswith("CLUSTER")]:
             callbacks.pop(name)
@@ -146,9 +177,12 @@ class EmbeddedCluster:
     @property
     def url(self) -> str:
         """A URL of one node; the cluster client discovers the others."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        return self.urls()[0]
 
     def urls(self) -> list[str]:
+        tls = self.nodes[0].tls
+        if tls is not None:
+            return [f"rediss://127.0.0.1:{n.port}/0?{tls.query()}" for n in self.nodes]
         return [f"redis://127.0.0.1:{n.port}/0" for n in self.nodes]
 
     def primary_for(self, key: str) -> ClusterNode:
@@ -238,13 +272,21 @@ def _form(nodes: list[ClusterNode], primaries: int) -> None:
 
 @contextlib.contextmanager
 def embedded_cluster(
-    folder: Path, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+    folder: Path,
+    *,
+    primaries: int = 3,
+    replicas: int = 1,
+    node_timeout_ms: int = 1000,
+    tls: ClusterTls | None = None,
+    binary: Path | None = None,
 ) -> Iterator[EmbeddedCluster]:
     """Start and form a cluster of ``primaries`` primaries, each with ``replicas`` replicas, under
-    ``folder``; stop every node on exit."""
+    ``folder``; stop every node on exit. With ``tls``, TLS only (``binary`` built with it)."""
     count = primaries * (1 + replicas)
     nodes = [
-        ClusterNode(free_cluster_port(), folder / f"node-{i}", node_timeout_ms)
+        ClusterNode(
+            free_cluster_port(), folder / f"node-{i}", node_timeout_ms, tls=tls, binary=binary
+        )
         for i in range(count)
     ]
     cluster = EmbeddedCluster(nodes, primaries)

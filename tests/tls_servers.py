@@ -112,7 +112,8 @@ def _make_ca(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def make_certs(folder: Path) -> Certs:
-    """A CA, a server certificate it signs for :data:`CERT_HOSTS`, and an unrelated CA."""
+    """A CA, a server certificate it signs for :data:`CERT_HOSTS` (a client certificate too:
+    cluster nodes present it to each other on the TLS cluster bus), and an unrelated CA."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca = _make_ca(folder, "ca")
     _, other_ca = _make_ca(folder, "other-ca")
@@ -128,7 +129,7 @@ def make_certs(folder: Path) -> Certs:
         f"subjectAltName={names}\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
     )

@@ -20,7 +20,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, SSLConnection
 
 from workers import streams
 from workers.errors import ConfigError, ExitCode
@@ -147,4 +147,8 @@ def node_client(client: Any, key: str) -> aioredis.Redis:
         "host", "port", "connection_class", "retry", "connection_pool",
     }  # fmt: skip
     kwargs = {k: v for k, v in node.connection_kwargs.items() if k in accepted}
+    # The cluster says TLS by its connection kind, not by a keyword: say it again here,
+    # or the node's TLS port would be spoken to in plain text.
+    if issubclass(node.connection_class, SSLConnection):
+        kwargs["ssl"] = True
     return aioredis.Redis(host=node.host, port=node.port, **kwargs)

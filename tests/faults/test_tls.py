@@ -12,6 +12,7 @@ the hostname by default); asyncpg reads libpq's ``sslmode`` and ``sslrootcert``.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +22,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from contracts import encode_entry
 from devkit import workload
-from tests.helpers import fleet_cli, fleet_process, poll, process_log
-from tests.tls_servers import MISMATCHED_HOST, TlsStack, tls_stack
+from devkit.cluster import ClusterTls, EmbeddedCluster, embedded_cluster
+from tests.helpers import fleet_cli, fleet_process, poll, process_log, server_dir
+from tests.tls_servers import MISMATCHED_HOST, REDIS_SERVER, TlsStack, tls_stack
 from workers import streams
+from workers.partitions import stream_keys
 from workers.publishing import publish
 
 STREAM = "notify:delivery"
@@ -190,3 +194,55 @@ def test_a_client_without_tls_is_refused(
     assert address in line and server_name in line, line
     if server == "postgres":
         assert "no encryption" in line, line  # refused by pg_hba.conf: hostssl only
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(stack: TlsStack) -> Iterator[EmbeddedCluster]:
+    """Three primaries and three replicas speaking TLS only (clients, cluster bus and
+    replication), with the stack's certificates; Debian's redis-server, built with TLS."""
+    tls = ClusterTls(cert=stack.certs.server_cert, key=stack.certs.server_key, ca=stack.certs.ca)
+    with (
+        server_dir("streamfleet-tls-cluster-") as folder,
+        embedded_cluster(folder, tls=tls, binary=REDIS_SERVER) as nodes,
+    ):
+        yield nodes
+
+
+async def test_a_tls_cluster_takes_replicated_publishes_and_feeds_a_worker(
+    migrated: TlsStack, tls_cluster: EmbeddedCluster, pg: asyncpg.Connection
+) -> None:
+    """``rediss://`` to a cluster: ``fleet publish --replicas 1`` (its WAIT goes through a
+    connection of its own to each key's primary, TLS as well), ``fleet status`` over every
+    partition, and a worker recording every event."""
+    env = _env(
+        migrated,
+        FLEET_VALKEY_URL=tls_cluster.url,
+        FLEET_STREAM_PARTITIONS="3",
+        FLEET_CONSUMER_NAME="tls-cluster-worker",
+    )
+    events = list(workload.notification_events(300, seed=73))
+    lines = b"".join(encode_entry(e)["data"] + b"\n" for e in events)
+    published = fleet_cli(
+        env, "publish", STREAM, "-", "--replicas", "1", "--partition-key", "eventId", stdin=lines
+    )
+    assert published.returncode == 0, published.stderr.decode()
+    proc = fleet_process(env, "run", "notify-delivery")
+    try:
+
+        async def finished() -> bool:
+            assert proc.poll() is None, process_log(proc)
+            rows = await pg.fetchval("SELECT count(*) FROM notify.delivery_log")
+            return int(rows) == len(events)
+
+        await poll(finished, timeout=90, what="the worker to record every event from the cluster")
+        status = fleet_cli(env, "status", "--json")
+        assert status.returncode == 0, status.stderr.decode()
+        rows = {r["stream"]: r for r in json.loads(status.stdout) if r["group"] == GROUP}
+        # One row per partition and their sum under the stream's name.
+        assert set(rows) == {*stream_keys(STREAM, 3), STREAM}, rows
+        assert sum(rows[k]["length"] for k in stream_keys(STREAM, 3)) == len(events), rows
+        assert rows[STREAM]["length"] == len(events), rows
+    finally:
+        code = _stop(proc)
+    assert code == 0, process_log(proc)
+    assert await pg.fetchval("SELECT count(*) FROM fleet.inbox") == len(events)
