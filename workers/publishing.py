@@ -18,7 +18,8 @@ of its primary (``docs/scaling.md``).
 Keys are written one after another, so a failure on one key (its primary moved) can
 follow success on another: ``accepted`` is told which events each key took, and a
 caller that must announce each event once (the export worker, the vex outbox) marks
-only those as published.
+only those as published. Events a primary took but no replica confirmed in time count
+as taken: adding them again would repeat them on every try while a replica is away.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ PUBLISH_FAILURES: tuple[type[BaseException], ...] = (
 caller publishes the rest again later."""
 
 
+def _wait_ms(target: Any, wanted: int) -> int:
+    """``wanted``, or less when the connection would time out first: a ``WAIT`` that
+    outlasts the socket timeout reads as a lost connection, not as unconfirmed entries."""
+    pool = getattr(target, "connection_pool", None)
+    kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", {})
+    # A pool made from a URL leaves the timeout to the connection: redis-py's 5 s.
+    socket_timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout", 5.0))
+    if not socket_timeout:
+        return wanted
+    return max(1, min(wanted, int((float(socket_timeout) - 1.0) * 1000)))
+
+
 def tenant_key(event: Event) -> str:
     """The default partition key: the tenant id as canonical lower-case UUID text."""
     return str(event.tenant_id)
@@ -88,13 +101,17 @@ async def publish(
     each chunk (:class:`NotReplicated` when fewer confirmed).
 
     ``progress`` is called with the size of each chunk once the server accepted it;
-    ``accepted`` with the events of each key's share of a chunk once its server accepted
-    them (and ``replicas`` confirmed them), before the next key is tried."""
+    ``accepted`` with the events of each key's share of a chunk once its server took
+    them, before the next key is tried, and before :class:`NotReplicated` when
+    ``replicas`` did not confirm them in time (they are on the primary then: adding them
+    again would repeat them, however long the replica stays away)."""
     count = 0
     chunk: list[Event] = []
     nodes: dict[str, Any] = {}
 
-    async def send(key: str, entries: list[dict[str, bytes]]) -> None:
+    async def send(key: str, entries: list[dict[str, bytes]]) -> int:
+        """The entries' ``XADD``s, and with ``replicas`` their ``WAIT``; how many replicas
+        confirmed them."""
         if replicas and cluster.is_cluster(client):
             # WAIT counts the replicas holding this connection's writes: the writes and
             # the WAIT go through one connection to the key's primary.
@@ -113,15 +130,14 @@ async def publish(
                 raise
         else:
             replies = await _xadd(client, key, entries)
-        if replicas and int(replies[-1]) < replicas:
-            raise NotReplicated(key, int(replies[-1]), replicas, count)
+        return int(replies[-1]) if replicas else 0
 
     async def _xadd(target: Any, key: str, entries: list[dict[str, bytes]]) -> Any:
         async with target.pipeline(transaction=False) as pipe:
             for fields in entries:
                 pipe.xadd(key, fields)
             if replicas:
-                pipe.execute_command("WAIT", replicas, wait_timeout_ms)
+                pipe.execute_command("WAIT", replicas, _wait_ms(target, wait_timeout_ms))
             return await pipe.execute()
 
     async def flush() -> None:
@@ -129,9 +145,11 @@ async def publish(
         for event in chunk:
             by_key.setdefault(partitions_key(event), []).append(event)
         for key, share in by_key.items():
-            await send(key, [encode_entry(event) for event in share])
+            confirmed = await send(key, [encode_entry(event) for event in share])
             if accepted is not None:
                 accepted(share)
+            if confirmed < replicas:
+                raise NotReplicated(key, confirmed, replicas, count)
         if progress is not None:
             progress(len(chunk))
 

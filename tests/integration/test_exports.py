@@ -514,3 +514,21 @@ async def test_outcomes_a_failing_partition_refused_are_announced_later_and_the_
         for _, fields in await real_redis.xrange(key)
     ]
     assert sorted(seen) == sorted(r.event_id for r in requests)
+
+
+async def test_outcomes_no_replica_confirms_are_announced_once_not_on_every_pass(
+    real_redis: Any, db: asyncpg.Pool, settings_for: Any
+) -> None:
+    # FLEET_PUBLISH_REPLICAS=1 on a server without replicas: the wait runs out, the
+    # outcomes are on the primary, and they are marked published rather than added
+    # again on every pass while no replica exists.
+    settings = settings_for(publish_replicas=1)
+    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
+    requests = [_request("vex", format="yaml") for _ in range(3)]
+    await apply_directly(worker, db, requests)
+    assert await worker._publish_pending() == len(requests)
+    assert await worker._publish_pending() == 0
+    announced = [decode_event(f) for _, f in await real_redis.xrange("export:events")]
+    assert sorted(e.export_id for e in announced) == sorted(r.event_id for r in requests)  # type: ignore[attr-defined]
+    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
+    assert unpublished == 0

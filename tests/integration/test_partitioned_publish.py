@@ -38,10 +38,15 @@ async def test_waiting_for_a_replica_that_does_not_exist_raises_not_replicated(
     real_redis: aioredis.Redis,
 ) -> None:
     events = list(workload.notification_events(5, seed=7))
+    taken: list[object] = []
     with pytest.raises(NotReplicated, match="0 of 1 replica"):
-        await publish(real_redis, STREAM, events, replicas=1, wait_timeout_ms=50)
-    # The entries are on the primary all the same; publishing again is safe.
+        await publish(
+            real_redis, STREAM, events, replicas=1, wait_timeout_ms=50, accepted=taken.extend
+        )
+    # The entries are on the primary all the same, and the caller is told so (a caller
+    # that must announce each event once marks them rather than add them again).
     assert int(await real_redis.xlen(STREAM)) == 5
+    assert [e.event_id for e in taken] == [e.event_id for e in events]  # type: ignore[attr-defined]
 
 
 def test_a_bad_partition_count_is_one_line_naming_the_variable() -> None:

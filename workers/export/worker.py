@@ -254,9 +254,11 @@ class ExportWorker(Worker[ExportRequested, list[Done]]):
         them published after the ``XADD``: ``after_commit``, the background task and
         other replicas never publish the same outcome at once (a crash between the
         ``XADD`` and the commit publishes it again, with the same event id). Only the
-        outcomes whose partition took them (and ``FLEET_PUBLISH_REPLICAS`` confirmed
-        them) are marked: when one partition's primary is failing over, the others'
-        outcomes are not announced again on the next pass."""
+        outcomes a partition took are marked: when one partition's primary is failing
+        over, the others' outcomes are not announced again on the next pass. With
+        ``FLEET_PUBLISH_REPLICAS`` each partition's share is marked once a replica
+        confirmed it, or once the wait for one ran out (a warning: on the primary, not
+        yet on a replica)."""
         pool = self.resources.pool
         assert pool is not None
         settings = self.resources.settings
