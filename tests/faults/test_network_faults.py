@@ -195,14 +195,17 @@ async def test_a_partition_then_half_open_connections_resume_within_bounded_time
     setup: Setup, real_redis: Any, server: str
 ) -> None:
     proxy = setup.valkey if server == "valkey" else setup.postgres
-    port = free_port()
+    # Two ports each found free (not port and port + 1: the next one may be taken).
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    port = ports[0]
     # Reclaiming another consumer's idle entries is put out of reach: entries whose read
     # reply the partition swallowed must be taken up again by their own consumer.
-    env = {**setup.env, "FLEET_HTTP_PORT": str(port), "FLEET_RECLAIM_IDLE_SECONDS": "600"}
+    env = {**setup.env, "FLEET_RECLAIM_IDLE_SECONDS": "600"}
     events = list(workload.notification_events(6000, seed=73))
     procs = [
-        fleet_process({**env, "FLEET_HTTP_PORT": str(port + i)}, "run", "notify-delivery")
-        for i in range(2)
+        fleet_process({**env, "FLEET_HTTP_PORT": str(p)}, "run", "notify-delivery") for p in ports
     ]
     try:
         # Both running before the partition: a process still starting when the network
@@ -211,8 +214,8 @@ async def test_a_partition_then_half_open_connections_resume_within_bounded_time
         await poll(lambda: _started(real_redis, procs), timeout=60, what="both workers started")
         await publish(real_redis, STREAM, events[:2000])
         await poll(lambda: _more(setup.db_url, 0), timeout=60, what="consumption started")
-        for i in range(len(procs)):
-            await poll(lambda: _is(_ready(port + i), 200), timeout=30, what="ready before")  # noqa: B023 - polled now
+        for each in ports:
+            await poll(lambda: _is(_ready(each), 200), timeout=30, what="ready before")  # noqa: B023 - polled now
         proxy.blackhole()
         partition_ends = time.monotonic() + PARTITION_SECONDS
         await publish(real_redis, STREAM, events[2000:4000])
