@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from rich.console import Console
 
-from contracts.exports import ExportRequested
 from devkit import workload
 from workers import s3 as s3io
 from workers import signing
@@ -58,22 +57,13 @@ def attestation(key: Ed25519PrivateKey, components: int) -> bytes:
     at = datetime.now(UTC).replace(microsecond=0)
     vulnerability = workload.VEX_VULNERABILITIES[0]
     purls = workload.vex_components(components)[:3]
-    document = {
-        "@context": "https://openvex.dev/ns/v0.2.0",
-        "@id": f"https://signed-vendor.example/vex/demo-{at:%Y%m%dT%H%M%S}",
-        "author": SIGNED_ISSUER,
-        "timestamp": at.isoformat(),
-        "version": 1,
-        "statements": [
-            {
-                "vulnerability": {"name": vulnerability},
-                "products": [{"@id": purl}],
-                "status": "not_affected",
-                "justification": "vulnerable_code_not_in_execute_path",
-            }
-            for purl in purls
-        ],
-    }
+    document = workload.openvex_document(
+        SIGNED_ISSUER,
+        [(purl, "not_affected", "vulnerable_code_not_in_execute_path") for purl in purls],
+        vulnerability=vulnerability,
+        at=at,
+        doc_id=f"https://signed-vendor.example/vex/demo-{at:%Y%m%dT%H%M%S}",
+    )
     statement = {
         "_type": "https://in-toto.io/Statement/v0.1",
         "predicateType": "https://openvex.dev/ns",
@@ -174,15 +164,8 @@ async def export_vex(
 ) -> None:
     """Ask the export worker for an OpenVEX bundle, wait for its outcome, then fetch the
     bundle from S3 and verify the manifest's signature and every file's hash."""
-    request = ExportRequested(
-        event_id=uuid.uuid4(),
-        version=1,
-        tenant_id=DEMO_TENANT,
-        occurred_at=datetime.now(UTC),
-        source="demo",
-        profile="vex",
-        options={"format": "openvex"},
-        requested_by="demo",
+    request = workload.export_request(
+        "vex", tenant_id=DEMO_TENANT, source="demo", requested_by="demo", format="openvex"
     )
     started = time.monotonic()
     await publish(client, "export:requests", [request], partitions=settings.stream_partitions)

@@ -9,13 +9,14 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contracts.base import Event
 from contracts.concelier import AdvisoryNew, AdvisoryUpdated, AffectedPackage
+from contracts.exports import ExportProfile, ExportRequested
 from contracts.notify import NotificationFailed, NotificationSent
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
 
@@ -365,3 +366,74 @@ def scan_events(
         count, seed=seed, failure_rate=failure_rate, replay_rate=replay_rate, start=start
     )
     return sorted((e for scan in lifecycles for e in scan), key=lambda e: e.occurred_at)
+
+
+# ------------------------------------------------------------------ single documents
+
+
+Statement = tuple[str, str, str | None]
+"""(product purl, status, justification) of one OpenVEX statement."""
+
+
+def openvex_document(
+    author: str,
+    statements: Sequence[Statement],
+    *,
+    vulnerability: str,
+    at: datetime,
+    doc_id: str | None = None,
+) -> dict[str, Any]:
+    """An OpenVEX 0.2.0 document of ``statements`` about ``vulnerability``; its ``@id`` is
+    ``doc_id`` or one per author."""
+    return {
+        "@context": "https://openvex.dev/ns/v0.2.0",
+        "@id": doc_id or f"https://example.test/vex/{uuid.uuid5(uuid.NAMESPACE_URL, author)}",
+        "author": author,
+        "timestamp": at.isoformat(),
+        "version": 1,
+        "statements": [
+            {
+                "vulnerability": {"name": vulnerability},
+                "products": [{"@id": purl}],
+                "status": status,
+                **({"justification": why} if why else {}),
+            }
+            for purl, status, why in statements
+        ],
+    }
+
+
+def openvex(
+    author: str,
+    statements: Sequence[Statement],
+    *,
+    vulnerability: str,
+    at: datetime,
+    doc_id: str | None = None,
+) -> bytes:
+    """:func:`openvex_document` as JSON bytes, as a file or a request body holds it."""
+    document = openvex_document(
+        author, statements, vulnerability=vulnerability, at=at, doc_id=doc_id
+    )
+    return json.dumps(document).encode()
+
+
+def export_request(
+    profile: ExportProfile,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    source: str = "workload",
+    requested_by: str | None = None,
+    **options: str,
+) -> ExportRequested:
+    """One ``export.requested`` event for ``profile`` (a tenant of its own unless given)."""
+    return ExportRequested(
+        event_id=uuid.uuid4(),
+        version=1,
+        tenant_id=tenant_id or uuid.uuid4(),
+        occurred_at=datetime.now(UTC),
+        source=source,
+        profile=profile,
+        options=options,
+        requested_by=requested_by,
+    )

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from devkit.embedded import start_postgres, start_valkey
+from devkit.embedded import start_postgres, start_s3, start_valkey
 from tests.helpers import drop_database, migrated_database
 from workers.settings import Settings, load_settings
 
@@ -136,6 +136,14 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    """S3 over real HTTP (moto in server mode), shared by a test module's tests."""
+    server, url = start_s3()
+    yield url
+    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -13,8 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -199,50 +197,3 @@ def fleet_in_process(capsys: Any, monkeypatch: Any, *args: str) -> tuple[int, st
         raise AssertionError("fleet returned without exiting")
     captured = capsys.readouterr()
     return int(code or 0), captured.out, captured.err.strip()
-
-
-Statement = tuple[str, str, str | None]
-"""(product purl, status, justification) of one OpenVEX statement."""
-
-
-def openvex_document(
-    author: str,
-    statements: Sequence[Statement],
-    *,
-    vulnerability: str,
-    at: datetime,
-    doc_id: str | None = None,
-) -> dict[str, Any]:
-    """An OpenVEX 0.2.0 document of ``statements`` about ``vulnerability``; its ``@id`` is
-    ``doc_id`` or one per author."""
-    return {
-        "@context": "https://openvex.dev/ns/v0.2.0",
-        "@id": doc_id or f"https://example.test/vex/{uuid.uuid5(uuid.NAMESPACE_URL, author)}",
-        "author": author,
-        "timestamp": at.isoformat(),
-        "version": 1,
-        "statements": [
-            {
-                "vulnerability": {"name": vulnerability},
-                "products": [{"@id": purl}],
-                "status": status,
-                **({"justification": why} if why else {}),
-            }
-            for purl, status, why in statements
-        ],
-    }
-
-
-def openvex(
-    author: str,
-    statements: Sequence[Statement],
-    *,
-    vulnerability: str,
-    at: datetime,
-    doc_id: str | None = None,
-) -> bytes:
-    """:func:`openvex_document` as JSON bytes, as a file or a request body holds it."""
-    document = openvex_document(
-        author, statements, vulnerability=vulnerability, at=at, doc_id=doc_id
-    )
-    return json.dumps(document).encode()

@@ -33,7 +33,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,15 @@ import redis.exceptions as redis_exc
 import structlog.testing
 
 from contracts import Event
-from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
+from contracts.exports import ExportCompleted, ExportFailed, ExportProfile
 from contracts.wire import decode_event
 from devkit import workload
 from devkit.cluster import EmbeddedCluster, embedded_cluster
+from devkit.demo_exports import export_key
 from devkit.embedded import free_port, start_postgres, start_s3
 from tests.faults.test_chaos import Part, _notify_part, _scan_part, _vex_part
 from tests.helpers import fleet_process, migrated_database, process_log, server_dir
-from workers import cluster, signing, streams
+from workers import cluster, streams
 from workers.db import _init_connection
 from workers.kernel.lease import lease_key
 from workers.partitions import partition_key, stream_keys
@@ -80,20 +80,14 @@ def cluster_dir() -> Iterator[Path]:
 def _export_part(count: int) -> Part:
     """Export requests over every profile, one in six invalid (``export.failed``), each
     from a tenant of its own so the outcomes spread over every partition."""
-    profiles = itertools.cycle(
-        [("scan-metrics", {}), ("snapshots", {}), ("vex", {"format": "openvex"})] * 2
-        + [("vex", {"format": "yaml"})]
-    )
+    kinds: list[tuple[ExportProfile, dict[str, str]]] = [
+        ("scan-metrics", {}),
+        ("snapshots", {}),
+        ("vex", {"format": "openvex"}),
+    ]
+    profiles = itertools.cycle([*kinds, *kinds, ("vex", {"format": "yaml"})])
     requests = [
-        ExportRequested(
-            event_id=uuid.uuid4(),
-            version=1,
-            tenant_id=uuid.uuid4(),
-            occurred_at=datetime.now(UTC),
-            source="failover-test",
-            profile=profile,  # type: ignore[arg-type]  # the cycle names valid profiles
-            options=options,
-        )
+        workload.export_request(profile, source="failover-test", **options)
         for profile, options in itertools.islice(profiles, count)
     ]
 
@@ -196,8 +190,7 @@ async def test_workers_ride_through_a_primary_failover_without_loss(cluster_dir:
         ]
     pg, pg_url = start_postgres(cluster_dir / "pg")
     s3, s3_url = start_s3()
-    key_file = cluster_dir / "export.pem"
-    key_file.write_bytes(signing.private_pem(signing.generate_key()))
+    key_file = export_key(cluster_dir)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     figures: dict[str, Any] = {"events": sum(len(p.events) for p in parts), "kills": 0}
     try:

@@ -16,20 +16,20 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from contracts.exports import ExportCompleted, ExportRequested
+from contracts.exports import ExportCompleted, ExportProfile
 from contracts.wire import decode_event
 from devkit import workload
-from devkit.embedded import start_postgres, start_s3
+from devkit.demo_exports import export_key
+from devkit.embedded import start_postgres
 from tests.helpers import fleet_process, migrated_database, poll, process_log, server_dir
-from workers import signing, streams
+from workers import streams
 from workers.publishing import publish
 
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "12"))
@@ -44,28 +44,8 @@ def own_postgres() -> Iterator[Any]:
     """A PostgreSQL of this test's own, since the test stops it."""
     with server_dir("streamfleet-outage-") as folder:
         server, _ = start_postgres(folder / "pg")
-        server.folder = folder
         yield server
         server.cleanup()
-
-
-@pytest.fixture
-def s3_url() -> Iterator[str]:
-    server, url = start_s3()
-    yield url
-    server.stop()
-
-
-def _export_request(profile: str, **options: str) -> ExportRequested:
-    return ExportRequested(
-        event_id=uuid.uuid4(),
-        version=1,
-        tenant_id=uuid.uuid4(),
-        occurred_at=datetime.now(UTC),
-        source="outage-test",
-        profile=profile,  # type: ignore[arg-type]  # the tests name valid profiles
-        options=options,
-    )
 
 
 def _stop(pg: Any) -> None:
@@ -84,7 +64,7 @@ async def _settled(redis: Any) -> bool:
 
 @pytest.mark.slow
 async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
-    real_redis: Any, valkey_url: str, own_postgres: Any, s3_url: str
+    real_redis: Any, valkey_url: str, own_postgres: Any, s3_url: str, tmp_path: Path
 ) -> None:
     db_url = await migrated_database(own_postgres.get_uri(), "outage")
     env = {
@@ -100,9 +80,9 @@ async def test_a_postgres_outage_dead_letters_nothing_and_loses_nothing(
     }
     events = list(workload.notification_events(12_000, seed=51))
     chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
-    requests = [_export_request(p) for p in ("scan-metrics", "snapshots", "vex") * 4]
-    key_file = own_postgres.folder / "export.pem"
-    key_file.write_bytes(signing.private_pem(signing.generate_key()))
+    profiles: tuple[ExportProfile, ...] = ("scan-metrics", "snapshots", "vex")
+    requests = [workload.export_request(p, source="outage-test") for p in profiles * 4]
+    key_file = export_key(tmp_path)
     await streams.ensure_group(real_redis, STREAM, GROUP)
     await streams.ensure_group(real_redis, EXPORTS, EXPORT_GROUP)
     procs = [fleet_process({**env, "FLEET_CONSUMER_NAME": f"w{i}"}, "run", "notify-delivery")

@@ -8,22 +8,19 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from contracts.exports import ExportCompleted, ExportFailed, ExportRequested
+from contracts.exports import ExportCompleted, ExportFailed, ExportProfile, ExportRequested
 from contracts.wire import decode_event
 from devkit import workload
 from devkit.embedded import start_s3
-from tests import helpers
 from tests.helpers import (
     apply_directly,
     fleet_cli,
@@ -54,7 +51,7 @@ TENANT = uuid.UUID("7d1f0a3e-2b4c-4d5e-8f6a-7b8c9d0e1f2a")
 
 def openvex(author: str, purl: str, status: str) -> bytes:
     why = "component_not_present" if status == "not_affected" else None
-    return helpers.openvex(author, [(purl, status, why)], vulnerability="CVE-2025-2001", at=T0)
+    return workload.openvex(author, [(purl, status, why)], vulnerability="CVE-2025-2001", at=T0)
 
 
 async def seed_consensus(db: asyncpg.Pool) -> None:
@@ -273,23 +270,8 @@ def test_export_without_a_key_is_one_line_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the export worker
 
 
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    server, url = start_s3()
-    yield url
-    server.stop()
-
-
-def _request(profile: str, **options: str) -> ExportRequested:
-    return ExportRequested(
-        event_id=uuid.uuid4(),
-        version=1,
-        tenant_id=TENANT,
-        occurred_at=datetime.now(UTC),
-        source="test",
-        profile=profile,  # type: ignore[arg-type]  # the tests name valid profiles
-        options=options,
-    )
+def _request(profile: ExportProfile, **options: str) -> ExportRequested:
+    return workload.export_request(profile, tenant_id=TENANT, source="test", **options)
 
 
 async def test_export_worker_stores_signed_bundles_in_s3_and_announces_them(
@@ -452,18 +434,28 @@ async def test_an_s3_outage_is_waited_out_and_dead_letters_nothing(
         server.stop()
 
 
+async def _failed_outcomes(
+    settings: Any, redis: Any, db: asyncpg.Pool, count: int
+) -> tuple[ExportWorker, list[ExportRequested]]:
+    """An export worker, and ``count`` requests it handled and committed as failed (an
+    unknown format), each from a tenant of its own, their outcomes not yet published."""
+    worker = ExportWorker(Resources(settings=settings, redis=redis, pool=db))
+    requests = [workload.export_request("vex", format="yaml") for _ in range(count)]
+    await apply_directly(worker, db, requests)
+    return worker, requests
+
+
+async def _unpublished(db: asyncpg.Pool) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL"))
+
+
 async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition(
     real_redis: Any, db: asyncpg.Pool, settings_for: Any
 ) -> None:
     # after_commit, the background task and other replicas all publish unpublished
     # outcomes: each must reach export:events once, on the partition of its tenant.
     settings = settings_for(stream_partitions=2)
-    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
-    requests = [
-        msgspec.structs.replace(_request("vex", format="yaml"), tenant_id=uuid.uuid4())
-        for _ in range(40)
-    ]
-    await apply_directly(worker, db, requests)
+    worker, requests = await _failed_outcomes(settings, real_redis, db, 40)
     published = await asyncio.gather(*(worker._publish_pending() for _ in range(4)))
     assert sum(published) == 40
     seen: list[uuid.UUID] = []
@@ -475,8 +467,7 @@ async def test_concurrent_publishers_announce_each_outcome_once_on_its_partition
             seen.append(event.export_id)
     assert sorted(seen) == sorted(r.event_id for r in requests)
     assert await real_redis.xlen("export:events") == 0
-    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
-    assert unpublished == 0
+    assert await _unpublished(db) == 0
 
 
 async def test_outcomes_a_failing_partition_refused_are_announced_later_and_the_rest_once(
@@ -486,12 +477,7 @@ async def test_outcomes_a_failing_partition_refused_are_announced_later_and_the_
     # would): the taken ones are marked published at once, the refused ones on a later
     # pass, and no outcome reaches export:events twice.
     settings = settings_for(stream_partitions=2)
-    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
-    requests = [
-        msgspec.structs.replace(_request("vex", format="yaml"), tenant_id=uuid.uuid4())
-        for _ in range(30)
-    ]
-    await apply_directly(worker, db, requests)
+    worker, requests = await _failed_outcomes(settings, real_redis, db, 30)
     first = await db.fetchval(
         "SELECT outcome->>'tenantId' FROM export.jobs ORDER BY finished_at LIMIT 1"
     )
@@ -502,8 +488,7 @@ async def test_outcomes_a_failing_partition_refused_are_announced_later_and_the_
     published = await worker._publish_pending()
     on_taking = int(await real_redis.xlen(taking))
     assert 0 < published == on_taking < len(requests)
-    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
-    assert unpublished == len(requests) - on_taking
+    assert await _unpublished(db) == len(requests) - on_taking
 
     await real_redis.delete(refusing)
     assert await worker._publish_pending() == len(requests) - on_taking
@@ -523,12 +508,9 @@ async def test_outcomes_no_replica_confirms_are_announced_once_not_on_every_pass
     # outcomes are on the primary, and they are marked published rather than added
     # again on every pass while no replica exists.
     settings = settings_for(publish_replicas=1)
-    worker = ExportWorker(Resources(settings=settings, redis=real_redis, pool=db))
-    requests = [_request("vex", format="yaml") for _ in range(3)]
-    await apply_directly(worker, db, requests)
+    worker, requests = await _failed_outcomes(settings, real_redis, db, 3)
     assert await worker._publish_pending() == len(requests)
     assert await worker._publish_pending() == 0
     announced = [decode_event(f) for _, f in await real_redis.xrange("export:events")]
     assert sorted(e.export_id for e in announced) == sorted(r.event_id for r in requests)  # type: ignore[attr-defined]
-    unpublished = await db.fetchval("SELECT count(*) FROM export.jobs WHERE published_at IS NULL")
-    assert unpublished == 0
+    assert await _unpublished(db) == 0

@@ -46,7 +46,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from contracts import Event, encode_entry
-from contracts.exports import ExportRequested
+from contracts.exports import ExportProfile
 from contracts.scanner import Phase, ScanCompleted, ScanFailed, ScanSubmitted
 from devkit import workload
 from devkit.embedded import free_port, start_postgres, start_s3, start_valkey
@@ -522,17 +522,8 @@ async def roll_back_through_the_api(live: Stack, retention: Target) -> None:
         assert response.status == 200, await response.text()
 
 
-def _export_request(profile: str) -> dict[str, bytes]:
-    return encode_entry(
-        ExportRequested(
-            event_id=uuid.uuid4(),
-            version=1,
-            tenant_id=TENANT,
-            occurred_at=datetime.now(UTC),
-            source="live-test",
-            profile=profile,  # type: ignore[arg-type]  # the profiles of the contract
-        )
-    )
+def _export_request(profile: ExportProfile) -> dict[str, bytes]:
+    return encode_entry(workload.export_request(profile, tenant_id=TENANT, source="live-test"))
 
 
 def write_key(path: Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.helpers import fleet_cli, metric, openvex_document, poll, resources, running
+from devkit.workload import openvex_document
+from tests.helpers import fleet_cli, metric, poll, resources, running
 from workers import signing
 from workers.vex_consensus import VexConsensusWorker
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from aiobotocore.config import AioConfig
 
-from devkit.embedded import free_port, start_s3
+from devkit.embedded import free_port
 from tests.helpers import fleet_cli, fleet_process, metric, poll, process_log
 from workers import s3 as s3io
 from workers.http import OpsServer
@@ -48,13 +48,6 @@ DAY = timedelta(days=1)
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    server, url = start_s3()
-    yield url
-    server.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests import helpers
+from devkit import workload
 from tests.helpers import fleet_cli, fleet_in_process
 from workers.errors import ExitCode
 from workers.vex_consensus import service
@@ -30,7 +30,7 @@ RIGHT = "pkg:npm/right-pad@2.0.0"
 
 def openvex(author: str, purl: str, status: str, at: datetime) -> bytes:
     why = "vulnerable_code_not_in_execute_path" if status == "not_affected" else None
-    return helpers.openvex(
+    return workload.openvex(
         author,
         [(purl, status, why)],
         vulnerability=CVE,

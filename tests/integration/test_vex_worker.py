@@ -21,8 +21,9 @@ import structlog.testing
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
 from contracts.vex import ConsensusUpdated
 from contracts.wire import decode_data, decode_event, encode_event
-from tests import helpers
-from tests.helpers import OpenTx, Statement, fleet_cli, metric, poll, resources, running
+from devkit import workload
+from devkit.workload import Statement
+from tests.helpers import OpenTx, fleet_cli, metric, poll, resources, running
 from workers.partitions import key_for, stream_keys
 from workers.publishing import publish
 from workers.vex_consensus import VexConsensusWorker, issuers, outbox, service, store, telemetry
@@ -76,7 +77,7 @@ TRUST = [
 
 def openvex(author: str, statements: Sequence[Statement], at: datetime) -> bytes:
     """An OpenVEX document of (purl, status, justification) statements about VULN."""
-    return helpers.openvex(author, statements, vulnerability=VULN, at=at)
+    return workload.openvex(author, statements, vulnerability=VULN, at=at)
 
 
 DOCS = [

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from contracts.concelier import AdvisoryUpdated, AffectedPackage
+from devkit import workload
 from devkit.embedded import start_postgres
 from workers.app import migration_steps
 from workers.db import create_pool, load_migrations, migrate, schema_dir
@@ -47,24 +47,13 @@ STATUSES = ("not_affected", "affected", "fixed", "under_investigation")
 
 
 def document(issuer: str, purls: list[str], status: str) -> bytes:
-    return json.dumps(
-        {
-            "@context": "https://openvex.dev/ns/v0.2.0",
-            "@id": f"https://bench.example/{issuer}",
-            "author": issuer,
-            "timestamp": T0.isoformat(),
-            "version": 1,
-            "statements": [
-                {
-                    "vulnerability": {"name": VULN},
-                    "products": [{"@id": purl}],
-                    "status": status,
-                    "justification": "component_not_present",
-                }
-                for purl in purls
-            ],
-        }
-    ).encode()
+    return workload.openvex(
+        issuer,
+        [(purl, status, "component_not_present") for purl in purls],
+        vulnerability=VULN,
+        at=T0,
+        doc_id=f"https://bench.example/{issuer}",
+    )
 
 
 def advisory(purls: list[str]) -> AdvisoryUpdated:
