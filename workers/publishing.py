@@ -71,7 +71,7 @@ def _wait_ms(target: Any, wanted: int) -> int:
     pool = getattr(target, "connection_pool", None)
     kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", {})
     # A pool made from a URL leaves the timeout to the connection: redis-py's 5 s.
-    socket_timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout", 5.0))
+    socket_timeout = kwargs.get("socket_timeout", 5.0)
     if not socket_timeout:
         return wanted
     return max(1, min(wanted, int((float(socket_timeout) - 1.0) * 1000)))

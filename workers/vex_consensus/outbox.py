@@ -85,8 +85,10 @@ async def publish(
 
     Rows are claimed ``FOR UPDATE SKIP LOCKED``, so concurrent flushers (several
     consumers, the CLI) never publish the same row at once; a row is deleted in
-    the same transaction, once its partition's ``XADD`` succeeded (and ``replicas``
-    confirmed it). When one partition fails after another took its share, only the
+    the same transaction, once its partition's ``XADD`` succeeded (with ``replicas``,
+    once they confirmed it or the wait for them ran out: see
+    :func:`workers.publishing.publish`). When one partition fails after another took its
+    share, only the
     rows taken are deleted and the failure is raised after the commit, so no event is
     announced twice by this function.
     """
