@@ -22,8 +22,9 @@ from workers.snapshot_retention.records import SnapshotState
 
 DAY = timedelta(days=1)
 TOKEN, dump, feed, states, text = shared.TOKEN, shared.dump, shared.feed, shared.states, shared.text
-# The fixtures of test_snapshots.py: the same servers, settings and API.
-s3_url, settings, s3 = shared.s3_url, shared.settings, shared.s3
+# The fixtures of test_snapshots.py: the same servers, settings and API (S3 itself is
+# the conftest's s3_url).
+settings, s3 = shared.settings, shared.s3
 snapshots, cli_env, api = shared.snapshots, shared.cli_env, shared.api
 
 
